@@ -1,0 +1,1 @@
+"""The ``backfleet`` command: the composition root (it alone wires coordinator and workers)."""

@@ -1,0 +1,208 @@
+"""``backfleet``: plan, start, watch and operate embedding-model migrations."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from backfleet.errors import BackfleetError, ConfigError
+from backfleet.logs import configure_logging
+from backfleet.settings import EXAMPLE_TOML, Settings, load_settings
+
+app = typer.Typer(
+    name="backfleet",
+    help="Zero-downtime embedding-model migrations for Milvus, run by a Celery backfill fleet.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+db_app = typer.Typer(help="The checkpoint schema (Alembic).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+console = Console()
+err_console = Console(stderr=True)
+
+_STATE: dict[str, Any] = {"config": None, "settings": None}
+
+
+def actor() -> str:
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def settings() -> Settings:
+    if _STATE["settings"] is None:
+        _STATE["settings"] = load_settings(_STATE["config"])
+        s: Settings = _STATE["settings"]
+        configure_logging(s.log_format, s.log_level)
+    result: Settings = _STATE["settings"]
+    return result
+
+
+@app.callback()
+def _main(
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="backfleet.toml to read (default: ./backfleet.toml, env BACKFLEET_CONFIG)"
+    ),
+) -> None:
+    _STATE["config"] = config
+    _STATE["settings"] = None
+
+
+@app.command()
+def init(
+    path: Path = typer.Option(Path("backfleet.toml"), help="where to write the example"),
+    force: bool = typer.Option(False, help="overwrite an existing file"),
+) -> None:
+    """Write a commented example backfleet.toml."""
+    if path.exists() and not force:
+        raise ConfigError(f"{path} already exists", hint="pass --force to overwrite it")
+    path.write_text(EXAMPLE_TOML)
+    console.print(f"wrote {path}")
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = typer.Argument("head")) -> None:
+    """Create or upgrade the checkpoint tables."""
+    from backfleet.cli.wiring import open_db
+    from backfleet.db.schema import current_revision, upgrade
+
+    db = open_db(settings(), require_schema=False)
+    upgrade(db.engine, revision)
+    console.print(f"checkpoint schema at revision {current_revision(db.engine)}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Show the checkpoint schema revision."""
+    from backfleet.cli.wiring import open_db
+    from backfleet.db.schema import current_revision, head_revision
+
+    db = open_db(settings(), require_schema=False)
+    console.print(f"current {current_revision(db.engine)}, head {head_revision(db.engine)}")
+
+
+@app.command()
+def plan(
+    model: str | None = typer.Option(None, help="model label to migrate to (default: target_model)"),
+    json_out: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """Plan a migration of the alias to a model: ranges and estimates (cost, time, size)."""
+    from dataclasses import asdict
+
+    from backfleet.cli.render import plan_table, print_json
+    from backfleet.cli.wiring import open_db, open_source, open_store
+    from backfleet.embedding.factory import build_embedder
+    from coordinator.planner import plan_migration
+
+    s = settings()
+    label = model or s.target_model
+    embedder = build_embedder(s.model(label))
+    db = open_db(s)
+    report = plan_migration(
+        s, db, open_store(s), open_source(s), embedder, model_label=label, actor=actor()
+    )
+    if json_out:
+        print_json(console, asdict(report))
+    else:
+        console.print(plan_table(report))
+        console.print(f"next: backfleet start --migration {report.migration_id}")
+
+
+@app.command()
+def start(
+    migration: int | None = typer.Option(None, help="migration id (default: newest of the alias)"),
+) -> None:
+    """Create the shadow generation and send one Celery task per range."""
+    from backfleet.cli.wiring import celery_app, check_broker, open_db, open_store
+    from coordinator.dispatcher import load_migration, start_migration
+
+    s = settings()
+    db = open_db(s)
+    m = load_migration(db, migration, s.alias)
+    capp = celery_app(s)
+    check_broker(capp, s)
+    sent = start_migration(
+        db, open_store(s), capp, m.id, actor=actor(), index_type=s.backfill.index_type
+    )
+    console.print(f"migration {m.id}: {sent} range tasks sent to queue {s.backfill.queue!r}")
+
+
+@app.command()
+def status(
+    migration: int | None = typer.Option(None, help="migration id (default: newest of the alias)"),
+    json_out: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """Ranges by state, documents done of total, docs/s and ETA."""
+    from backfleet.cli.render import print_json, status_table
+    from backfleet.cli.wiring import open_db
+    from coordinator.status import migration_status
+
+    s = settings()
+    st = migration_status(open_db(s), migration, s.alias)
+    if json_out:
+        print_json(console, st.to_dict())
+    else:
+        console.print(status_table(st))
+
+
+@app.command()
+def worker(
+    concurrency: int = typer.Option(2, "--concurrency", "-C", min=1, help="task slots in this worker"),
+    pool: str = typer.Option("prefork", help="prefork, threads or solo"),
+    name: str | None = typer.Option(None, help="worker node name (default backfleet-<pid>@host)"),
+    loglevel: str = typer.Option("INFO", help="Celery log level"),
+) -> None:
+    """Run a Celery worker that executes backfill tasks."""
+    import os
+
+    from backfleet.cli.wiring import celery_app, check_broker
+
+    if pool not in ("prefork", "threads", "solo"):
+        raise ConfigError(f"unknown pool {pool!r}", hint="--pool prefork|threads|solo")
+    s = settings()
+    capp = celery_app(s)
+    check_broker(capp, s)
+    node = name or f"backfleet-{os.getpid()}@%h"
+    capp.worker_main(
+        [
+            "worker", "-Q", s.backfill.queue, "-c", str(concurrency), "-P", pool, "-n", node,
+            "-E", "--loglevel", loglevel, "--without-gossip", "--without-mingle",
+        ]
+    )
+
+
+@app.command()
+def demo(
+    docs: int = typer.Option(3000, min=100, max=200_000, help="documents to generate"),
+    workdir: Path | None = typer.Option(None, "--dir", help="keep the demo's files here"),
+) -> None:
+    """Run a whole small migration with no servers (SQLite, Milvus Lite, Celery in-process)."""
+    from backfleet.cli.demo import run_demo
+
+    run_demo(console, docs=docs, workdir=workdir)
+
+
+def main() -> None:
+    try:
+        app()
+    except BackfleetError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Human output: tables and figures for operators."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from coordinator.planner import PlanReport
+from coordinator.status import MigrationStatus
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n:,.1f} TiB"
+
+
+def human_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    seconds = int(round(seconds))
+    days, rem = divmod(seconds, 86400)
+    hours, rem = divmod(rem, 3600)
+    minutes, secs = divmod(rem, 60)
+    if days:
+        return f"{days}d {hours}h {minutes}m"
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {secs}s"
+    return f"{secs}s"
+
+
+def plan_table(report: PlanReport) -> Table:
+    table = Table(title=f"plan: migration {report.migration_id} of alias {report.alias}",
+                  show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    table.add_row("live generation", report.source_generation or "(none: first build)")
+    table.add_row("shadow generation", report.target_generation)
+    table.add_row("model", report.model_tag)
+    table.add_row("documents", f"{report.docs:,}")
+    table.add_row("ranges", f"{report.ranges:,}")
+    table.add_row("estimated tokens", f"{report.est_tokens:,}")
+    table.add_row("estimated cost", f"${report.est_cost:,.2f}")
+    table.add_row("estimated time at the rate limit", human_duration(report.est_minutes * 60))
+    table.add_row("shadow collection size", human_bytes(report.shadow_bytes))
+    return table
+
+
+def status_table(st: MigrationStatus) -> Table:
+    table = Table(title=f"migration {st.migration_id} ({st.alias}): {st.state}", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    pct = 100.0 * st.docs_done / st.total_docs if st.total_docs else 100.0
+    table.add_row("generations", f"{st.source_generation or '(none)'} → {st.target_generation}")
+    table.add_row("model", st.target_model)
+    table.add_row("documents", f"{st.docs_done:,} of {st.total_docs:,} ({pct:.1f}%)")
+    table.add_row("ranges", "  ".join(f"{k} {v}" for k, v in st.ranges.items()))
+    table.add_row("throughput", f"{st.docs_per_second:,.1f} docs/s")
+    table.add_row("tokens used", f"{st.tokens_used:,}")
+    table.add_row("elapsed", human_duration(st.elapsed_seconds))
+    table.add_row("ETA", human_duration(st.eta_seconds))
+    for f in st.failed[:10]:
+        table.add_row(f"failed range {f['range']}", f"attempts {f['attempts']}: {f['error']}")
+    return table
+
+
+def print_json(console: Console, data: Any) -> None:
+    import json
+
+    console.print_json(json.dumps(data, default=str))

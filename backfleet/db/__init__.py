@@ -1,0 +1,1 @@
+"""The checkpoint database: models, sessions and the named checkpoint queries."""

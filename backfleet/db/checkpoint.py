@@ -1,0 +1,248 @@
+"""The named checkpoint queries: claim, heartbeat, advance, complete, release, fail.
+
+Each is one short statement in its own transaction; none is held open across an embedding
+call. Writes after the claim are fenced by the lease token: a worker that lost its lease
+(expired and taken over) gets :class:`LeaseLost` and must stop.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from backfleet.db.models import Event, Migration, MigrationState, Range, RangeState
+from backfleet.db.session import Database
+from backfleet.errors import LeaseLost
+
+#: Migration states in which workers may claim ranges.
+CLAIMABLE_MIGRATION_STATES = (MigrationState.BACKFILLING, MigrationState.CATCHING_UP)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A granted lease on a range."""
+
+    range_id: int
+    migration_id: int
+    lo: str | None
+    hi: str | None
+    cursor: str | None
+    token: str
+    owner: str
+    attempts: int
+    docs_done: int
+
+
+def record_event(
+    session: Session,
+    migration_id: int,
+    kind: str,
+    *,
+    actor: str,
+    from_state: str | None = None,
+    to_state: str | None = None,
+    reason: str | None = None,
+    range_id: int | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    session.add(
+        Event(
+            migration_id=migration_id,
+            range_id=range_id,
+            kind=kind,
+            from_state=from_state,
+            to_state=to_state,
+            actor=actor,
+            reason=reason,
+            details=details,
+            at=utcnow(),
+        )
+    )
+
+
+def claim(db: Database, range_id: int, owner: str, lease_seconds: float) -> Claim | None:
+    """Take the lease of a pending range, or of a running one whose lease expired.
+
+    One ``UPDATE … WHERE id = (SELECT … FOR UPDATE SKIP LOCKED) RETURNING``; ``None`` when the
+    range is done, failed, held by a live lease, or its migration is not backfilling.
+    """
+    now = utcnow()
+    token = secrets.token_hex(16)
+    claimable = (
+        select(Range.id)
+        .where(
+            Range.id == range_id,
+            or_(
+                Range.state == RangeState.PENDING,
+                and_(Range.state == RangeState.RUNNING, Range.lease_expires_at < now),
+            ),
+            exists().where(
+                Migration.id == Range.migration_id,
+                Migration.state.in_(CLAIMABLE_MIGRATION_STATES),
+            ),
+        )
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    stmt = (
+        update(Range)
+        .where(Range.id == claimable)
+        .values(
+            state=RangeState.RUNNING,
+            lease_owner=owner,
+            lease_token=token,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            heartbeat_at=now,
+            started_at=func.coalesce(Range.started_at, now),
+            updated_at=now,
+        )
+        .returning(
+            Range.id, Range.migration_id, Range.lo, Range.hi, Range.cursor, Range.attempts,
+            Range.docs_done,
+        )
+    )
+    with db.session() as session:
+        row = session.execute(stmt).one_or_none()
+        if row is None:
+            return None
+        record_event(
+            session, row.migration_id, "range_claimed", actor=owner, from_state=None,
+            to_state=RangeState.RUNNING, range_id=range_id,
+        )
+    return Claim(
+        range_id=row.id, migration_id=row.migration_id, lo=row.lo, hi=row.hi, cursor=row.cursor,
+        token=token, owner=owner, attempts=row.attempts, docs_done=row.docs_done,
+    )
+
+
+def _fenced(range_id: int, token: str) -> Any:
+    return and_(Range.id == range_id, Range.lease_token == token, Range.state == RangeState.RUNNING)
+
+
+def heartbeat(db: Database, claim_: Claim, lease_seconds: float) -> bool:
+    """Renew the lease; ``False`` when it was lost."""
+    now = utcnow()
+    with db.session() as session:
+        result = session.execute(
+            update(Range)
+            .where(_fenced(claim_.range_id, claim_.token))
+            .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds))
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def mark_read_started(db: Database, claim_: Claim, at: datetime) -> None:
+    """Remember when this range first read the source (catch-up looks for later edits)."""
+    with db.session() as session:
+        session.execute(
+            update(Range)
+            .where(_fenced(claim_.range_id, claim_.token), Range.read_started_at.is_(None))
+            .values(read_started_at=at)
+        )
+
+
+def advance(
+    db: Database, claim_: Claim, cursor: str, docs: int, tokens: int, lease_seconds: float
+) -> None:
+    """Move the cursor after a batch is durably in Milvus; fenced by the lease token."""
+    now = utcnow()
+    with db.session() as session:
+        result = session.execute(
+            update(Range)
+            .where(_fenced(claim_.range_id, claim_.token))
+            .values(
+                cursor=cursor,
+                docs_done=Range.docs_done + docs,
+                tokens_used=Range.tokens_used + tokens,
+                heartbeat_at=now,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                updated_at=now,
+            )
+        )
+        if not result.rowcount:  # type: ignore[attr-defined]
+            raise LeaseLost(
+                f"range {claim_.range_id}: lease of {claim_.owner} was lost; cursor not advanced"
+            )
+
+
+def complete(db: Database, claim_: Claim) -> None:
+    """Mark the range done; fenced by the lease token."""
+    now = utcnow()
+    with db.session() as session:
+        result = session.execute(
+            update(Range)
+            .where(_fenced(claim_.range_id, claim_.token))
+            .values(
+                state=RangeState.DONE, lease_owner=None, lease_token=None, lease_expires_at=None,
+                finished_at=now, updated_at=now, last_error=None,
+            )
+        )
+        if not result.rowcount:  # type: ignore[attr-defined]
+            raise LeaseLost(f"range {claim_.range_id}: lease of {claim_.owner} was lost; not completed")
+        record_event(
+            session, claim_.migration_id, "range_done", actor=claim_.owner,
+            from_state=RangeState.RUNNING, to_state=RangeState.DONE, range_id=claim_.range_id,
+        )
+
+
+def release(db: Database, claim_: Claim, reason: str) -> bool:
+    """Give the range back (pending) without counting an attempt: a service outage."""
+    now = utcnow()
+    with db.session() as session:
+        result = session.execute(
+            update(Range)
+            .where(_fenced(claim_.range_id, claim_.token))
+            .values(
+                state=RangeState.PENDING, lease_owner=None, lease_token=None,
+                lease_expires_at=None, last_error=reason[:2000], updated_at=now,
+            )
+        )
+        ok = bool(result.rowcount)  # type: ignore[attr-defined]
+        if ok:
+            record_event(
+                session, claim_.migration_id, "range_released", actor=claim_.owner,
+                from_state=RangeState.RUNNING, to_state=RangeState.PENDING,
+                range_id=claim_.range_id, reason=reason[:500],
+            )
+        return ok
+
+
+def fail(db: Database, claim_: Claim, error: str, max_attempts: int) -> str | None:
+    """Count a failed attempt: back to pending, or ``failed`` with the error kept.
+
+    Returns the new state, or ``None`` when the lease was already lost.
+    """
+    now = utcnow()
+    with db.session() as session:
+        row = session.execute(
+            select(Range.attempts).where(_fenced(claim_.range_id, claim_.token))
+        ).one_or_none()
+        if row is None:
+            return None
+        attempts = row.attempts + 1
+        new_state = RangeState.FAILED if attempts >= max_attempts else RangeState.PENDING
+        session.execute(
+            update(Range)
+            .where(_fenced(claim_.range_id, claim_.token))
+            .values(
+                state=new_state, attempts=attempts, last_error=error[:2000], lease_owner=None,
+                lease_token=None, lease_expires_at=None, updated_at=now,
+                finished_at=now if new_state == RangeState.FAILED else None,
+            )
+        )
+        record_event(
+            session, claim_.migration_id, "range_failed" if new_state == RangeState.FAILED
+            else "range_retry", actor=claim_.owner, from_state=RangeState.RUNNING,
+            to_state=new_state, range_id=claim_.range_id, reason=error[:500],
+            details={"attempts": attempts},
+        )
+        return new_state

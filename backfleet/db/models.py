@@ -1,0 +1,103 @@
+"""SQLAlchemy 2 models of the checkpoint schema (kept equal to the Alembic head by a test)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class MigrationState:
+    PLANNED = "planned"
+    BACKFILLING = "backfilling"
+    CATCHING_UP = "catching_up"
+    VERIFIED = "verified"
+    CANARY = "canary"
+    LIVE = "live"
+    FINALIZED = "finalized"
+    PAUSED = "paused"
+    ROLLED_BACK = "rolled_back"
+    CANCELLED = "cancelled"
+
+
+class RangeState:
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    ALL = ("pending", "running", "done", "failed", "cancelled")
+
+
+class Migration(Base):
+    __tablename__ = "bf_migrations"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    alias: Mapped[str] = mapped_column(String(64), index=True)
+    source_generation: Mapped[str | None] = mapped_column(String(255))
+    target_generation: Mapped[str] = mapped_column(String(255))
+    target_model: Mapped[str] = mapped_column(String(64))
+    target_identity: Mapped[str] = mapped_column(Text)
+    id_type: Mapped[str] = mapped_column(String(8))
+    state: Mapped[str] = mapped_column(String(16))
+    total_docs: Mapped[int] = mapped_column(BigInteger, default=0)
+    est_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    settings_snapshot: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Range(Base):
+    __tablename__ = "bf_ranges"
+    __table_args__ = (Index("ix_bf_ranges_migration_state", "migration_id", "state"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    migration_id: Mapped[int] = mapped_column(ForeignKey("bf_migrations.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    lo: Mapped[str | None] = mapped_column(Text)
+    hi: Mapped[str | None] = mapped_column(Text)
+    planned_docs: Mapped[int] = mapped_column(BigInteger, default=0)
+    state: Mapped[str] = mapped_column(String(16))
+    cursor: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    lease_token: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    docs_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    tokens_used: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    read_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Event(Base):
+    """Audit of every state transition: who, when, why."""
+
+    __tablename__ = "bf_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    migration_id: Mapped[int] = mapped_column(
+        ForeignKey("bf_migrations.id", ondelete="CASCADE"), index=True
+    )
+    range_id: Mapped[int | None] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(32))
+    from_state: Mapped[str | None] = mapped_column(String(16))
+    to_state: Mapped[str | None] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(255))
+    reason: Mapped[str | None] = mapped_column(Text)
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -1,0 +1,82 @@
+"""Engines and session factories for the checkpoint and source databases."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from backfleet.errors import ConfigError, DatabaseUnavailable
+from backfleet.settings import redact_url
+
+
+def make_engine(url: str, *, what: str = "database_url") -> Engine:
+    """An engine with pre-ping; SQLite gets WAL and a busy timeout for the demo."""
+    kwargs: dict[str, Any] = {"pool_pre_ping": True, "future": True}
+    if url.startswith("sqlite"):
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+    else:
+        kwargs["pool_size"] = 4
+        kwargs["max_overflow"] = 4
+    try:
+        engine = create_engine(url, **kwargs)
+    except Exception as exc:  # bad URL or missing driver
+        raise ConfigError(
+            f"cannot use {what} {redact_url(url)}: {exc.__class__.__name__}: {exc}",
+            hint=f"set {what} to a SQLAlchemy URL such as postgresql+psycopg://user@host/db",
+        ) from None
+    if url.startswith("sqlite"):
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+    return engine
+
+
+def check_reachable(engine: Engine, *, what: str = "database_url") -> None:
+    """Raise :class:`DatabaseUnavailable` with one clear line if the database is down."""
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except (OperationalError, DBAPIError) as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        raise DatabaseUnavailable(
+            f"cannot reach {what} {redact_url(engine.url.render_as_string(hide_password=True))}: {reason}",
+            hint=f"start the database or fix {what}",
+        ) from None
+
+
+class Database:
+    """The checkpoint database: an engine and a session factory."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A short transaction: commit on success, roll back on error; driver errors converted."""
+        with self.sessions() as session:
+            try:
+                yield session
+                session.commit()
+            except OperationalError as exc:
+                session.rollback()
+                raise DatabaseUnavailable(
+                    f"checkpoint database error: {str(exc.orig).strip().splitlines()[0] if exc.orig else exc}"
+                ) from exc
+            except BaseException:
+                session.rollback()
+                raise
+
+    def dispose(self) -> None:
+        self.engine.dispose()

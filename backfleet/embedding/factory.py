@@ -1,0 +1,16 @@
+"""Build an embedder from a model's settings."""
+
+from __future__ import annotations
+
+from backfleet.embedding.base import Embedder
+from backfleet.embedding.local import HashingEmbedder
+from backfleet.settings import ModelSettings
+
+
+def build_embedder(model: ModelSettings) -> Embedder:
+    """The embedder for a ``[models.<label>]`` table."""
+    if model.provider == "local":
+        return HashingEmbedder(model.name, model.version, model.dimension, model.metric)
+    from backfleet.embedding.openai_client import OpenAIEmbedder
+
+    return OpenAIEmbedder(model)

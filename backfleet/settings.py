@@ -1,0 +1,268 @@
+"""One settings object for every entry point.
+
+Read once (environment ``BACKFLEET_*`` with ``__`` for nesting, then ``backfleet.toml``),
+then passed down. Library code never reads the environment itself; the only exception is
+resolving API keys, which happens here, at load time, from a named variable or a file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, PrivateAttr, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from backfleet.errors import ConfigError
+
+ALIAS_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+class ModelSettings(BaseModel):
+    """One embedding model the fleet can use, by label (``[models.<label>]``)."""
+
+    provider: Literal["local", "openai"] = "local"
+    name: str = "hash-words"
+    version: str = "1"
+    dimension: int = Field(default=256, gt=0, le=32768)
+    metric: Literal["COSINE", "IP", "L2"] = "COSINE"
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    api_key_file: Path | None = None
+    send_dimensions: bool = False
+    timeout_seconds: float = Field(default=30.0, gt=0)
+    price_per_million_tokens: float = Field(default=0.0, ge=0)
+    max_inputs_per_request: int = Field(default=2048, gt=0)
+    _api_key: SecretStr | None = PrivateAttr(default=None)
+
+    @property
+    def api_key(self) -> SecretStr | None:
+        return self._api_key
+
+    def resolve_api_key(self, environ: dict[str, str]) -> None:
+        """Load the key from the file or the named variable; never log or store it."""
+        if self.provider == "local":
+            return
+        if self.api_key_file is not None:
+            try:
+                self._api_key = SecretStr(self.api_key_file.read_text().strip())
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot read the API key file {self.api_key_file}: {exc.strerror}",
+                    hint="set models.<label>.api_key_file to a readable file",
+                ) from None
+            return
+        value = environ.get(self.api_key_env)
+        if value:
+            self._api_key = SecretStr(value)
+
+
+class SourceSettings(BaseModel):
+    """The corpus: a SQL table read through SQLAlchemy."""
+
+    url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+    table: str = "documents"
+    id_column: str = "id"
+    text_column: str = "text"
+    updated_at_column: str | None = None
+
+
+class BackfillSettings(BaseModel):
+    range_size: int = Field(default=5000, gt=0)
+    batch_size: int = Field(default=256, gt=0, le=16384)
+    lease_seconds: float = Field(default=120.0, gt=1)
+    heartbeat_seconds: float = Field(default=20.0, gt=0)
+    max_attempts: int = Field(default=5, gt=0)
+    visibility_timeout_seconds: float = Field(default=21600.0, gt=0)
+    queue: str = "backfleet"
+    index_type: Literal["HNSW", "FLAT", "IVF_FLAT", "AUTOINDEX"] = "HNSW"
+    avg_chars_per_token: float = Field(default=4.0, gt=0)
+
+
+class ThrottleSettings(BaseModel):
+    rpm: int = Field(default=3000, gt=0)
+    tpm: int = Field(default=1_000_000, gt=0)
+
+
+def _default_models() -> dict[str, ModelSettings]:
+    return {
+        "local-v1": ModelSettings(provider="local", name="hash-words", version="1", dimension=256),
+        "local-v2": ModelSettings(provider="local", name="hash-ngrams", version="2", dimension=384),
+    }
+
+
+class Settings(BaseSettings):
+    """Everything an entry point needs; built once by :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BACKFLEET_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    milvus_uri: str = "http://127.0.0.1:19530"
+    milvus_token: SecretStr | None = None
+    alias: str = "documents"
+    target_model: str = "local-v2"
+    source: SourceSettings = Field(default_factory=SourceSettings)
+    models: dict[str, ModelSettings] = Field(default_factory=_default_models)
+    backfill: BackfillSettings = Field(default_factory=BackfillSettings)
+    throttle: ThrottleSettings = Field(default_factory=ThrottleSettings)
+    log_format: Literal["console", "json"] = "console"
+    log_level: str = "INFO"
+
+    @field_validator("alias")
+    @classmethod
+    def _alias_ok(cls, value: str) -> str:
+        if not ALIAS_RE.match(value):
+            raise ValueError("must start with a letter or _ and hold only letters, digits, _")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = _TOML_PATH.get("path")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        return tuple(sources)
+
+    def model(self, label: str | None = None) -> ModelSettings:
+        """The model settings by label (default: ``target_model``)."""
+        key = label or self.target_model
+        try:
+            return self.models[key]
+        except KeyError:
+            known = ", ".join(sorted(self.models)) or "none"
+            raise ConfigError(
+                f"unknown model label {key!r} (known: {known})",
+                hint="add a [models.<label>] table to backfleet.toml or fix target_model",
+            ) from None
+
+    def public_snapshot(self) -> dict[str, Any]:
+        """Settings as stored with a migration: no secrets, no credentials in URLs."""
+        data = self.model_dump(mode="json", exclude={"milvus_token"})
+        for key in ("database_url", "broker_url", "redis_url", "milvus_uri"):
+            data[key] = redact_url(str(data[key]))
+        data["source"]["url"] = redact_url(str(data["source"]["url"]))
+        return data
+
+
+_TOML_PATH: dict[str, Path | None] = {"path": None}
+
+URL_PASSWORD_RE = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^/:@]+:)(?P<pw>[^@/]*)@")
+
+
+def redact_url(url: str) -> str:
+    """Replace the password of a URL by ``***``."""
+    return URL_PASSWORD_RE.sub(lambda m: f"{m.group('head')}***@", url)
+
+
+def load_settings(
+    config_path: Path | None = None,
+    environ: dict[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Build the settings once: environment over ``backfleet.toml`` over defaults."""
+    env = dict(os.environ if environ is None else environ)
+    path = config_path
+    if path is None and env.get("BACKFLEET_CONFIG"):
+        path = Path(env["BACKFLEET_CONFIG"])
+    if path is None and Path("backfleet.toml").exists():
+        path = Path("backfleet.toml")
+    if path is not None and not path.exists():
+        raise ConfigError(f"config file {path} does not exist", hint="run `backfleet init`")
+    _TOML_PATH["path"] = path
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(
+            f"invalid setting {where}: {first['msg']}",
+            hint=f"fix {where} in {path or 'the environment'} (env BACKFLEET_{where.upper().replace('.', '__')})",
+        ) from None
+    except Exception as exc:  # malformed TOML
+        raise ConfigError(f"cannot read settings from {path}: {exc}") from None
+    finally:
+        _TOML_PATH["path"] = None
+    for model in settings.models.values():
+        model.resolve_api_key(env)
+    return settings
+
+
+EXAMPLE_TOML = '''\
+# backfleet.toml — every setting can also come from the environment:
+# BACKFLEET_<NAME>, with __ between nested names (BACKFLEET_SOURCE__TABLE=docs).
+# Secrets (API keys, the Milvus token) never go in this file: name a variable or a file.
+
+# Checkpoint database (Postgres in production; the demo uses SQLite).
+database_url = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+# Celery broker and the fleet-wide rate limiter.
+broker_url = "redis://127.0.0.1:6379/0"
+redis_url = "redis://127.0.0.1:6379/0"
+# Milvus (standalone or cluster). Token: BACKFLEET_MILVUS_TOKEN in the environment.
+milvus_uri = "http://127.0.0.1:19530"
+# The alias applications query; generations are named <alias>__<model>__g<N>.
+alias = "documents"
+# The model label a new migration moves to (one of [models.*]).
+target_model = "local-v2"
+
+[source]
+# The corpus: any SQLAlchemy URL; the table needs an id (integer or text) and a text column.
+url = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+table = "documents"
+id_column = "id"
+text_column = "text"
+# Optional: lets catch-up find documents edited during the run.
+# updated_at_column = "updated_at"
+
+[backfill]
+range_size = 5000        # documents per range (the unit of work, lease and checkpoint)
+batch_size = 256         # documents per embedding request
+lease_seconds = 120      # a range lease expires unless renewed by heartbeats
+heartbeat_seconds = 20
+max_attempts = 5         # per range, then `failed` with the error kept
+index_type = "HNSW"
+
+[throttle]
+rpm = 3000               # fleet-wide requests per minute
+tpm = 1000000            # fleet-wide tokens per minute
+
+[models.local-v1]
+provider = "local"       # deterministic feature hashing, no network
+name = "hash-words"
+version = "1"
+dimension = 256
+
+[models.local-v2]
+provider = "local"
+name = "hash-ngrams"
+version = "2"
+dimension = 384
+
+# [models.openai-small]
+# provider = "openai"
+# name = "text-embedding-3-small"
+# version = "2024-01"
+# dimension = 1536
+# base_url = "https://api.openai.com/v1"   # or `backfleet fake-provider` to rehearse
+# api_key_env = "OPENAI_API_KEY"            # or api_key_file = "/run/secrets/openai"
+# price_per_million_tokens = 0.02
+'''

@@ -1,0 +1,241 @@
+"""Reading the corpus: bounds, quantile split points, keyset batches.
+
+The source is one SQL table read through SQLAlchemy. Table and column names come from
+settings; they are validated, then the table is reflected, so every identifier in SQL is a
+reflected, quoted object — never pasted text. Batches are keyset (``id > :cursor ORDER BY id
+LIMIT :n``), never OFFSET. Text ids compare bytewise (``COLLATE "C"`` on Postgres), the
+order Milvus uses, so a range means the same ids in both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    func,
+    select,
+)
+from sqlalchemy.exc import NoSuchTableError, OperationalError, ProgrammingError
+from sqlalchemy.sql.elements import ColumnElement
+
+from backfleet.db.session import check_reachable
+from backfleet.errors import ConfigError, DatabaseUnavailable, PlanError, SourceError
+from backfleet.settings import SourceSettings
+
+IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
+
+SourceId = int | str
+
+
+def validate_identifier(value: str, setting: str) -> str:
+    """Accept a plain SQL identifier; refuse anything that would need quoting tricks."""
+    if not IDENT_RE.match(value):
+        raise ConfigError(
+            f"{setting} = {value!r} is not a plain SQL identifier",
+            hint=f"set {setting} to letters, digits and _ (starting with a letter or _)",
+        )
+    return value
+
+
+def text_hash(text: str) -> str:
+    """The hash stored beside every vector: sha256 of the UTF-8 text, hex."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Doc:
+    id: SourceId
+    text: str | None
+    updated_at: datetime | None = None
+
+
+class Source:
+    """One table of documents: ``(id, text[, updated_at])``."""
+
+    def __init__(self, engine: Engine, settings: SourceSettings) -> None:
+        self.engine = engine
+        self.settings = settings
+        schema: str | None = None
+        table_name = settings.table
+        if "." in table_name:
+            schema, table_name = table_name.split(".", 1)
+            validate_identifier(schema, "source.table (schema part)")
+        validate_identifier(table_name, "source.table")
+        validate_identifier(settings.id_column, "source.id_column")
+        validate_identifier(settings.text_column, "source.text_column")
+        if settings.updated_at_column:
+            validate_identifier(settings.updated_at_column, "source.updated_at_column")
+        check_reachable(engine, what="source.url")
+        try:
+            self.table = Table(table_name, MetaData(), schema=schema, autoload_with=engine)
+        except NoSuchTableError:
+            raise SourceError(
+                f"source table {settings.table!r} does not exist in {engine.url.render_as_string()}",
+                hint="set source.table to an existing table",
+            ) from None
+        except OperationalError as exc:
+            raise DatabaseUnavailable(f"cannot read the source table: {exc.orig}") from None
+        self.id_col = self._column(settings.id_column, "source.id_column")
+        self.text_col = self._column(settings.text_column, "source.text_column")
+        self.updated_col = (
+            self._column(settings.updated_at_column, "source.updated_at_column")
+            if settings.updated_at_column
+            else None
+        )
+        id_type = self.id_col.type
+        if isinstance(id_type, Integer):
+            self.id_type = "int"
+        elif isinstance(id_type, String | Text):
+            self.id_type = "str"
+        else:
+            raise PlanError(
+                f"source.id_column {settings.id_column!r} has type {id_type}; "
+                "the planner splits only integer or text ids",
+                hint="point source.id_column at an integer or text primary key",
+            )
+        self._postgres = engine.dialect.name == "postgresql"
+
+    def _column(self, name: str, setting: str) -> Column[Any]:
+        if name not in self.table.c:
+            known = ", ".join(self.table.c.keys())
+            raise SourceError(
+                f"column {name!r} not found in source table {self.settings.table!r} (columns: {known})",
+                hint=f"set {setting} to one of those columns",
+            )
+        return self.table.c[name]
+
+    # --- ids ----------------------------------------------------------------------------
+
+    @property
+    def key(self) -> ColumnElement[Any]:
+        """The id column as compared and ordered: bytewise for text ids on Postgres."""
+        if self.id_type == "str" and self._postgres:
+            return self.id_col.collate("C")
+        return self.id_col
+
+    def decode_id(self, value: str) -> SourceId:
+        return int(value) if self.id_type == "int" else value
+
+    @staticmethod
+    def encode_id(value: SourceId) -> str:
+        return str(value)
+
+    def _in_range(self, lo: str | None, hi: str | None) -> list[ColumnElement[bool]]:
+        conds: list[ColumnElement[bool]] = []
+        if lo is not None:
+            conds.append(self.key >= self.decode_id(lo))
+        if hi is not None:
+            conds.append(self.key < self.decode_id(hi))
+        return conds
+
+    # --- planning -----------------------------------------------------------------------
+
+    def stats(self) -> tuple[int, int]:
+        """``(documents, characters of text)`` computed in the database."""
+        stmt = select(func.count(), func.coalesce(func.sum(func.length(self.text_col)), 0))
+        with self._conn() as conn:
+            row = conn.execute(stmt.select_from(self.table)).one()
+        return int(row[0]), int(row[1])
+
+    def count(self, lo: str | None = None, hi: str | None = None) -> int:
+        stmt = select(func.count()).select_from(self.table).where(and_(True, *self._in_range(lo, hi)))
+        with self._conn() as conn:
+            return int(conn.execute(stmt).scalar_one())
+
+    def split_points(self, range_size: int) -> list[SourceId]:
+        """Ids at every ``range_size``-th position (quantiles), computed in the database.
+
+        ``row_number()`` runs in the database; only the split points come back to Python.
+        """
+        if range_size <= 0:
+            raise PlanError("range size must be positive", hint="backfill.range_size")
+        rn = func.row_number().over(order_by=self.key).label("rn")
+        numbered = select(self.id_col.label("id"), rn).select_from(self.table).subquery()
+        stmt = (
+            select(numbered.c.id)
+            .where(numbered.c.rn > 1, (numbered.c.rn - 1) % range_size == 0)
+            .order_by(numbered.c.rn)
+        )
+        with self._conn() as conn:
+            return [row[0] for row in conn.execute(stmt)]
+
+    # --- reading ------------------------------------------------------------------------
+
+    def batch(
+        self, lo: str | None, hi: str | None, after: str | None, limit: int
+    ) -> list[Doc]:
+        """Up to ``limit`` documents of ``[lo, hi)`` with id > ``after``, in id order."""
+        cols = [self.id_col, self.text_col]
+        if self.updated_col is not None:
+            cols.append(self.updated_col)
+        conds = self._in_range(lo, hi)
+        if after is not None:
+            conds.append(self.key > self.decode_id(after))
+        stmt = select(*cols).where(and_(True, *conds)).order_by(self.key).limit(limit)
+        with self._conn() as conn:
+            rows = conn.execute(stmt).all()
+        return [
+            Doc(id=row[0], text=row[1], updated_at=row[2] if len(row) > 2 else None)
+            for row in rows
+        ]
+
+    def iter_batches(
+        self, lo: str | None, hi: str | None, after: str | None, limit: int
+    ) -> Iterator[list[Doc]]:
+        cursor = after
+        while True:
+            docs = self.batch(lo, hi, cursor, limit)
+            if not docs:
+                return
+            yield docs
+            cursor = self.encode_id(docs[-1].id)
+
+    def fetch(self, ids: Sequence[SourceId]) -> list[Doc]:
+        """Documents by id (missing ids are simply absent)."""
+        if not ids:
+            return []
+        cols = [self.id_col, self.text_col]
+        if self.updated_col is not None:
+            cols.append(self.updated_col)
+        stmt = select(*cols).where(self.id_col.in_(list(ids))).order_by(self.key)
+        with self._conn() as conn:
+            rows = conn.execute(stmt).all()
+        return [Doc(id=r[0], text=r[1], updated_at=r[2] if len(r) > 2 else None) for r in rows]
+
+    def _conn(self) -> Any:
+        return _ConvertErrors(self.engine)
+
+
+class _ConvertErrors:
+    """A connection context that turns driver errors into backfleet errors, once."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._cm: Any = None
+
+    def __enter__(self) -> Any:
+        try:
+            self._cm = self.engine.connect()
+            return self._cm.__enter__()
+        except OperationalError as exc:
+            raise DatabaseUnavailable(f"cannot reach the source database: {exc.orig}") from exc
+
+    def __exit__(self, et: Any, ev: Any, tb: Any) -> None:
+        self._cm.__exit__(et, ev, tb)
+        if isinstance(ev, OperationalError):
+            raise DatabaseUnavailable(f"source database error: {ev.orig}") from ev
+        if isinstance(ev, ProgrammingError):
+            raise SourceError(f"source query failed: {ev.orig}") from ev

@@ -1,0 +1,183 @@
+"""A generation: one Milvus collection bound to exactly one model."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from backfleet.embedding.base import Matrix
+from backfleet.embedding.identity import ModelIdentity
+from backfleet.errors import ModelMismatch, VectorStoreError
+from backfleet.vectorstore.errors import call
+
+PROP_OWNER = "backfleet.owner"
+PROP_MODEL = "backfleet.model"
+PROP_ALIAS = "backfleet.alias"
+PROP_ID_TYPE = "backfleet.id_type"
+OWNER = "backfleet"
+
+GEN_RE = re.compile(r"^(?P<alias>[A-Za-z_][A-Za-z0-9_]*?)__(?P<slug>[a-z0-9_]+)__g(?P<n>\d+)$")
+STR_ID_MAX = 512
+TIMEOUT = 60.0
+
+
+def generation_name(alias: str, identity: ModelIdentity, number: int) -> str:
+    """``<alias>__<model_slug>__g<N>``."""
+    return f"{alias}__{identity.slug}__g{number}"
+
+
+def parse_generation_name(name: str) -> tuple[str, str, int] | None:
+    m = GEN_RE.match(name)
+    if not m:
+        return None
+    return m.group("alias"), m.group("slug"), int(m.group("n"))
+
+
+def id_literal(value: int | str) -> str:
+    """A value as a Milvus filter literal (strings JSON-escaped)."""
+    if isinstance(value, int):
+        return str(value)
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def range_filter(lo: int | str | None, hi: int | str | None) -> str:
+    parts = []
+    if lo is not None:
+        parts.append(f"id >= {id_literal(lo)}")
+    if hi is not None:
+        parts.append(f"id < {id_literal(hi)}")
+    return " and ".join(parts)
+
+
+class Generation:
+    """Write and read one backfleet-owned collection, refusing vectors of another model."""
+
+    def __init__(self, client: Any, name: str, identity: ModelIdentity, id_type: str) -> None:
+        self.client = client
+        self.name = name
+        self.identity = identity
+        self.id_type = id_type
+
+    def __repr__(self) -> str:
+        return f"Generation({self.name!r}, model={self.identity.tag!r})"
+
+    def require_model(self, identity: ModelIdentity) -> None:
+        self.identity.require_same(identity, f"generation {self.name}")
+
+    def upsert(
+        self,
+        ids: Sequence[int | str],
+        vectors: Matrix,
+        text_hashes: Sequence[str],
+        identity: ModelIdentity,
+    ) -> int:
+        """Upsert rows (never plain insert); raises :class:`ModelMismatch` for another model."""
+        self.require_model(identity)
+        if not (len(ids) == len(text_hashes) == vectors.shape[0]):
+            raise VectorStoreError(
+                f"upsert into {self.name}: {len(ids)} ids, {vectors.shape[0]} vectors, "
+                f"{len(text_hashes)} hashes"
+            )
+        if vectors.shape[0] and vectors.shape[1] != self.identity.dimension:
+            raise ModelMismatch(
+                f"vectors of dimension {vectors.shape[1]} for generation {self.name} "
+                f"(dimension {self.identity.dimension})",
+                hint="the model's dimension setting must match the generation",
+            )
+        if not ids:
+            return 0
+        now_ms = int(time.time() * 1000)
+        tag = self.identity.tag
+        rows = [
+            {
+                "id": ident,
+                "vector": vec,
+                "model": tag,
+                "text_hash": th,
+                "embedded_at": now_ms,
+            }
+            for ident, vec, th in zip(ids, vectors.astype(np.float32).tolist(), text_hashes, strict=True)
+        ]
+        call(f"upsert into {self.name}", lambda: self.client.upsert(self.name, rows, timeout=TIMEOUT))
+        return len(rows)
+
+    def delete(self, ids: Sequence[int | str]) -> None:
+        if not ids:
+            return
+        expr = f"id in [{', '.join(id_literal(i) for i in ids)}]"
+        call(f"delete from {self.name}", lambda: self.client.delete(self.name, filter=expr, timeout=TIMEOUT))
+
+    def count(self, lo: int | str | None = None, hi: int | str | None = None) -> int:
+        """``count(*)`` at Strong consistency (never collection statistics)."""
+        res = call(
+            f"count {self.name}",
+            lambda: self.client.query(
+                self.name,
+                filter=range_filter(lo, hi),
+                output_fields=["count(*)"],
+                consistency_level="Strong",
+                timeout=TIMEOUT,
+            ),
+        )
+        return int(res[0]["count(*)"])
+
+    def scan(
+        self,
+        lo: int | str | None,
+        hi: int | str | None,
+        fields: Sequence[str] = ("id", "text_hash", "model"),
+        batch_size: int = 2000,
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Rows of ``[lo, hi)`` in batches, streamed with a query iterator (Strong)."""
+        expr = range_filter(lo, hi) or (
+            "id >= -9223372036854775808" if self.id_type == "int" else 'id >= ""'
+        )
+        iterator = call(
+            f"scan {self.name}",
+            lambda: self.client.query_iterator(
+                self.name,
+                batch_size=batch_size,
+                filter=expr,
+                output_fields=list(fields),
+                consistency_level="Strong",
+                timeout=TIMEOUT,
+            ),
+        )
+        try:
+            while True:
+                rows = call(f"scan {self.name}", iterator.next)
+                if not rows:
+                    return
+                yield [dict(r) for r in rows]
+        finally:
+            iterator.close()
+
+    def get(self, ids: Sequence[int | str], fields: Sequence[str]) -> list[dict[str, Any]]:
+        if not ids:
+            return []
+        return list(
+            call(
+                f"get from {self.name}",
+                lambda: self.client.get(self.name, ids=list(ids), output_fields=list(fields), timeout=TIMEOUT),
+            )
+        )
+
+    def search(
+        self, vectors: Matrix, limit: int, fields: Sequence[str] = ("model",)
+    ) -> list[list[dict[str, Any]]]:
+        res = call(
+            f"search {self.name}",
+            lambda: self.client.search(
+                self.name,
+                data=vectors.astype(np.float32).tolist(),
+                limit=limit,
+                output_fields=list(fields),
+                timeout=TIMEOUT,
+            ),
+        )
+        return [list(hits) for hits in res]

@@ -1,0 +1,1 @@
+"""The coordinator: planner, dispatcher, status (and later reaper, catch-up, reconcile, cutover)."""

@@ -1,0 +1,85 @@
+"""Progress of a migration: ranges by state, docs done of total, docs/s and ETA."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+
+from backfleet.db.checkpoint import utcnow
+from backfleet.db.models import Migration, Range, RangeState
+from backfleet.db.session import Database
+from coordinator.dispatcher import load_migration
+
+
+def _aware(ts: datetime | None) -> datetime | None:
+    if ts is None:
+        return None
+    return ts if ts.tzinfo else ts.replace(tzinfo=utcnow().tzinfo)
+
+
+@dataclass
+class MigrationStatus:
+    migration_id: int
+    alias: str
+    state: str
+    source_generation: str | None
+    target_generation: str
+    target_model: str
+    total_docs: int
+    docs_done: int
+    tokens_used: int
+    ranges: dict[str, int] = field(default_factory=dict)
+    docs_per_second: float = 0.0
+    eta_seconds: float | None = None
+    elapsed_seconds: float = 0.0
+    failed: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def migration_status(db: Database, migration_id: int | None, alias: str) -> MigrationStatus:
+    migration: Migration = load_migration(db, migration_id, alias)
+    with db.session() as session:
+        by_state = dict(
+            session.execute(
+                select(Range.state, func.count())
+                .where(Range.migration_id == migration.id)
+                .group_by(Range.state)
+            ).all()
+        )
+        agg = session.execute(
+            select(
+                func.coalesce(func.sum(Range.docs_done), 0),
+                func.coalesce(func.sum(Range.tokens_used), 0),
+                func.min(Range.started_at),
+                func.max(Range.finished_at),
+            ).where(Range.migration_id == migration.id)
+        ).one()
+        failed = [
+            {"range": r.id, "lo": r.lo, "hi": r.hi, "attempts": r.attempts, "error": r.last_error}
+            for r in session.execute(
+                select(Range).where(
+                    Range.migration_id == migration.id, Range.state == RangeState.FAILED
+                )
+            ).scalars()
+        ]
+    ranges = {state: int(by_state.get(state, 0)) for state in RangeState.ALL}
+    docs_done, tokens = int(agg[0]), int(agg[1])
+    started, finished = _aware(agg[2]), _aware(agg[3])
+    open_ranges = ranges["pending"] + ranges["running"]
+    end = finished if (open_ranges == 0 and finished) else utcnow()
+    elapsed = (end - started).total_seconds() if started else 0.0
+    rate = docs_done / elapsed if elapsed > 0 else 0.0
+    remaining = max(0, migration.total_docs - docs_done)
+    eta = (remaining / rate if rate > 0 else None) if open_ranges else 0.0
+    return MigrationStatus(
+        migration_id=migration.id, alias=migration.alias, state=migration.state,
+        source_generation=migration.source_generation,
+        target_generation=migration.target_generation, target_model=migration.target_model,
+        total_docs=migration.total_docs, docs_done=docs_done, tokens_used=tokens, ranges=ranges,
+        docs_per_second=rate, eta_seconds=eta, elapsed_seconds=elapsed, failed=failed,
+    )

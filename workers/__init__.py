@@ -1,0 +1,1 @@
+"""Celery workers: the app factory, thin tasks, and the range pipeline."""

@@ -1,0 +1,117 @@
+"""What a worker process needs, built lazily once per process (after a prefork fork)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from typing import Any
+
+from backfleet.db.models import Migration
+from backfleet.db.session import Database, make_engine
+from backfleet.embedding.base import Embedder
+from backfleet.embedding.factory import build_embedder
+from backfleet.errors import NotFound
+from backfleet.settings import Settings
+from backfleet.source import Source
+from backfleet.vectorstore import Generation, VectorStore
+from workers.limits import Throttle, build_throttle
+
+
+class WorkerContext:
+    """Per-process resources: checkpoint DB, source, Milvus, embedders, throttle."""
+
+    def __init__(self, settings: Settings, *, throttle: Throttle | None = None) -> None:
+        self.settings = settings
+        self._pid = -1
+        self._lock = threading.Lock()
+        self._throttle_override = throttle
+        self._reset()
+
+    def _reset(self) -> None:
+        self._pid = os.getpid()
+        self._db: Database | None = None
+        self._source: Source | None = None
+        self._store: VectorStore | None = None
+        self._embedders: dict[str, Embedder] = {}
+        self._generations: dict[str, Generation] = {}
+        self._throttles: dict[str, Throttle] = {}
+
+    def _check_pid(self) -> None:
+        if os.getpid() != self._pid:
+            self._reset()
+
+    @property
+    def owner(self) -> str:
+        return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident() % 100000}"
+
+    @property
+    def db(self) -> Database:
+        self._check_pid()
+        with self._lock:
+            if self._db is None:
+                self._db = Database(self.settings.database_url)
+            return self._db
+
+    @property
+    def source(self) -> Source:
+        self._check_pid()
+        with self._lock:
+            if self._source is None:
+                self._source = Source(
+                    make_engine(self.settings.source.url, what="source.url"), self.settings.source
+                )
+            return self._source
+
+    @property
+    def store(self) -> VectorStore:
+        self._check_pid()
+        with self._lock:
+            if self._store is None:
+                token = self.settings.milvus_token
+                self._store = VectorStore(
+                    self.settings.milvus_uri, token.get_secret_value() if token else None
+                )
+            return self._store
+
+    def embedder(self, label: str) -> Embedder:
+        self._check_pid()
+        with self._lock:
+            if label not in self._embedders:
+                self._embedders[label] = build_embedder(self.settings.model(label))
+            return self._embedders[label]
+
+    def throttle(self, label: str) -> Throttle:
+        self._check_pid()
+        if self._throttle_override is not None:
+            return self._throttle_override
+        with self._lock:
+            if label not in self._throttles:
+                self._throttles[label] = build_throttle(self.settings, label)
+            return self._throttles[label]
+
+    def generation(self, name: str) -> Generation:
+        self._check_pid()
+        gen = self._generations.get(name)
+        if gen is None:
+            gen = self.store.open_generation(name)
+            self._generations[name] = gen
+        return gen
+
+    def migration(self, migration_id: int) -> Migration:
+        with self.db.session() as session:
+            migration = session.get(Migration, migration_id)
+            if migration is None:
+                raise NotFound(f"migration {migration_id} does not exist")
+            session.expunge(migration)
+            return migration
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+        if self._db is not None:
+            self._db.dispose()
+        self._reset()
+
+    def __getstate__(self) -> dict[str, Any]:  # never pickled with live connections
+        raise TypeError("WorkerContext is per process")

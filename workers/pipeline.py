@@ -1,0 +1,190 @@
+"""The range pipeline: claim → (read → embed → validate → upsert → advance)* → complete.
+
+Per batch the cursor moves only after the vectors are durably upserted, and only while this
+worker's lease token still holds. A crash between the two repeats one batch, which the
+upsert makes harmless. A heartbeat thread renews the lease while a batch is in flight.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Literal
+
+from backfleet.db import checkpoint
+from backfleet.db.checkpoint import Claim
+from backfleet.db.session import Database
+from backfleet.embedding.base import EmbedResult, Embedder, validate_vectors
+from backfleet.embedding.identity import ModelIdentity
+from backfleet.errors import (
+    BackfleetError,
+    LeaseLost,
+    ModelMismatch,
+    ProviderRateLimited,
+    ServiceUnavailable,
+)
+from backfleet.logs import get_logger
+from backfleet.source import Doc, Source, text_hash
+from backfleet.vectorstore import Generation
+from workers.context import WorkerContext
+from workers.limits import Throttle
+
+log = get_logger("backfleet.pipeline")
+
+Outcome = Literal["done", "skipped", "released", "retry", "failed", "lease_lost", "refused"]
+
+
+class Heartbeat:
+    """Renews a lease every ``interval`` seconds; remembers if the lease was lost."""
+
+    def __init__(self, db: Database, claim: Claim, lease_seconds: float, interval: float) -> None:
+        self.db = db
+        self.claim = claim
+        self.lease_seconds = lease_seconds
+        self.interval = interval
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lease-heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                if not checkpoint.heartbeat(self.db, self.claim, self.lease_seconds):
+                    self.lost = True
+                    log.warning("lease_lost", range=self.claim.range_id, owner=self.claim.owner)
+                    return
+            except BackfleetError as exc:  # database blip: the next beat may succeed
+                log.warning("heartbeat_failed", range=self.claim.range_id, error=str(exc))
+
+    def check(self) -> None:
+        if self.lost:
+            raise LeaseLost(f"range {self.claim.range_id}: lease lost (heartbeat)")
+
+
+@dataclass
+class BatchResult:
+    docs: int
+    tokens: int
+    embedded: int
+    skipped: int
+
+
+def embed_batch(
+    docs: list[Doc],
+    embedder: Embedder,
+    throttle: Throttle,
+    generation: Generation,
+    *,
+    max_attempts: int = 6,
+    max_wait: float = 60.0,
+) -> BatchResult:
+    """Embed and upsert one batch (documents with no text are skipped, not embedded)."""
+    keep = [d for d in docs if d.text is not None and d.text.strip()]
+    skipped = len(docs) - len(keep)
+    if skipped:
+        log.info("docs_skipped_empty", count=skipped, first=str(docs[0].id))
+    if not keep:
+        return BatchResult(docs=len(docs), tokens=0, embedded=0, skipped=skipped)
+    texts = [d.text or "" for d in keep]
+    result = call_provider(embedder, throttle, texts, max_attempts=max_attempts, max_wait=max_wait)
+    identity = embedder.identity
+    validate_vectors(result.vectors, len(texts), identity.dimension)
+    generation.upsert([d.id for d in keep], result.vectors, [text_hash(t) for t in texts], identity)
+    return BatchResult(docs=len(docs), tokens=result.tokens, embedded=len(keep), skipped=skipped)
+
+
+def call_provider(
+    embedder: Embedder,
+    throttle: Throttle,
+    texts: list[str],
+    *,
+    max_attempts: int,
+    max_wait: float,
+) -> EmbedResult:
+    """One provider call under the fleet-wide limiter, retried by tenacity on Retryable."""
+    from backfleet.embedding.retry import call_with_retries
+
+    tokens = sum(embedder.count_tokens(t) for t in texts)
+
+    def attempt() -> EmbedResult:
+        throttle.acquire(tokens)
+        try:
+            result = embedder.embed(texts)
+        except ProviderRateLimited as exc:
+            throttle.report_rate_limited(exc.retry_after)
+            raise
+        throttle.observe_headers(result.headers)
+        throttle.report_success()
+        return result
+
+    return call_with_retries(attempt, max_attempts=max_attempts, max_wait=max_wait)
+
+
+class RangePipeline:
+    """Runs one range of one migration to completion (or hands it back)."""
+
+    def __init__(self, ctx: WorkerContext) -> None:
+        self.ctx = ctx
+
+    def run(self, migration_id: int, range_id: int) -> Outcome:
+        ctx = self.ctx
+        cfg = ctx.settings.backfill
+        migration = ctx.migration(migration_id)
+        embedder = ctx.embedder(migration.target_model)
+        target = ModelIdentity.from_json(migration.target_identity)
+        try:
+            target.require_same(embedder.identity, f"migration {migration_id}")
+        except ModelMismatch as exc:
+            log.error("worker_model_mismatch", migration=migration_id, range=range_id, error=str(exc))
+            return "refused"
+        generation = ctx.generation(migration.target_generation)
+        generation.require_model(embedder.identity)
+        source = ctx.source
+        owner = ctx.owner
+        claim = checkpoint.claim(ctx.db, range_id, owner, cfg.lease_seconds)
+        if claim is None:
+            log.info("range_skipped", migration=migration_id, range=range_id, reason="not claimable")
+            return "skipped"
+        log.info("range_claimed", migration=migration_id, range=range_id, cursor=claim.cursor,
+                 owner=owner)
+        throttle = ctx.throttle(migration.target_model)
+        docs_total = 0
+        try:
+            with Heartbeat(ctx.db, claim, cfg.lease_seconds, cfg.heartbeat_seconds) as beat:
+                if claim.cursor is None:
+                    checkpoint.mark_read_started(ctx.db, claim, checkpoint.utcnow())
+                for docs in source.iter_batches(claim.lo, claim.hi, claim.cursor, cfg.batch_size):
+                    beat.check()
+                    res = embed_batch(docs, embedder, throttle, generation)
+                    beat.check()
+                    checkpoint.advance(
+                        ctx.db, claim, Source.encode_id(docs[-1].id), res.docs, res.tokens,
+                        cfg.lease_seconds,
+                    )
+                    docs_total += res.docs
+                checkpoint.complete(ctx.db, claim)
+        except LeaseLost as exc:
+            log.warning("range_lease_lost", migration=migration_id, range=range_id, error=str(exc))
+            return "lease_lost"
+        except ServiceUnavailable as exc:
+            log.warning("range_released", migration=migration_id, range=range_id, error=str(exc))
+            try:
+                checkpoint.release(ctx.db, claim, str(exc))
+            except BackfleetError:
+                pass  # the lease expires and the reaper re-sends the range
+            return "released"
+        except BackfleetError as exc:
+            state = checkpoint.fail(ctx.db, claim, f"{type(exc).__name__}: {exc}", cfg.max_attempts)
+            log.error("range_error", migration=migration_id, range=range_id, state=state,
+                      error=str(exc))
+            return "failed" if state == "failed" else "retry"
+        log.info("range_done", migration=migration_id, range=range_id, docs=docs_total)
+        return "done"
