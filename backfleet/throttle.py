@@ -312,7 +312,7 @@ if granted then
 end
 local wait_req = math.max(0, (want_req - s.req) / r.req_rate)
 local wait_tok = math.max(0, (want_tok - s.tok) / r.tok_rate)
-if first then
+if first and waiter ~= '' then
   s.hol_id, s.hol_until, s.hol_tok, s.hol_since = waiter, now + hol_ttl, need_tok, since
 end
 save(s)
@@ -495,7 +495,7 @@ class Throttle(Protocol):
     def pause(self) -> None: ...
     def resume(self) -> None: ...
     def limits(self) -> ThrottleStatus: ...
-    def report_rate_limited(self, retry_after: float | None = None) -> float: ...
+    def report_rate_limited(self, retry_after: float | None = None) -> None: ...
     def report_success(self) -> None: ...
     def observe_headers(self, headers: Mapping[str, str]) -> None: ...
 
@@ -585,15 +585,16 @@ class FleetThrottle:
     ) -> Decision:
         """One atomic attempt: take 1 request + ``tokens`` tokens, or nothing.
 
-        To keep its place in line across attempts, pass the same ``waiter`` id each time and
-        the ``since`` of the previous refusal: the oldest waiter is served first.
+        A caller that will retry passes the same ``waiter`` id each time and the ``since`` of
+        its first refusal, to hold its place in line (the oldest waiter is served first). Without
+        a ``waiter`` a refusal reserves nothing.
         """
         if tokens < 0:
             raise ValueError(f"tokens must be >= 0, got {tokens}")
         status, wait, first_refused = self._run(
             self._acquire_script,
             int(tokens),
-            waiter or uuid.uuid4().hex,
+            waiter or "",
             self.max_sleep * 1.5 + 1.0,
             self.poll_interval,
             *self._defaults,
@@ -721,8 +722,8 @@ class FleetThrottle:
 
     # -- feedback from the provider --
 
-    def report_rate_limited(self, retry_after: float | None = None) -> float:
-        """A 429: every acquire waits out the cool-down, and the rates shrink. Returns seconds."""
+    def report_rate_limited(self, retry_after: float | None = None) -> None:
+        """A 429: every acquire in the fleet waits out the cool-down, and the rates shrink."""
         policy = self.policy
         cooldown, clamped = clamp_retry_after(
             retry_after, default=policy.default_retry_after, maximum=policy.max_retry_after
@@ -745,7 +746,6 @@ class FleetThrottle:
             cooldown=round(float(_text(remaining)), 3),
             factor=float(_text(factor)),
         )
-        return cooldown
 
     def report_success(self) -> None:
         """A successful call: the factor climbs back (best effort: a Redis error is logged)."""
@@ -833,8 +833,8 @@ class NullThrottle:
             cooldown_remaining=0.0,
         )
 
-    def report_rate_limited(self, retry_after: float | None = None) -> float:
-        return 0.0
+    def report_rate_limited(self, retry_after: float | None = None) -> None:
+        return None
 
     def report_success(self) -> None:
         return None

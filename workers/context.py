@@ -10,7 +10,7 @@ from typing import Any
 from backfleet.db.models import Migration
 from backfleet.db.session import Database, make_engine
 from backfleet.embedding.base import Embedder
-from backfleet.embedding.factory import build_embedder
+from backfleet.embedding.factory import embedder_for
 from backfleet.errors import NotFound
 from backfleet.settings import Settings
 from backfleet.source import Source
@@ -78,7 +78,7 @@ class WorkerContext:
         self._check_pid()
         with self._lock:
             if label not in self._embedders:
-                self._embedders[label] = build_embedder(self.settings.model(label))
+                self._embedders[label] = embedder_for(self.settings, label)
             return self._embedders[label]
 
     def throttle(self, label: str) -> Throttle:

@@ -102,12 +102,12 @@ def plan(
 
     from backfleet.cli.render import plan_table, print_json
     from backfleet.cli.wiring import open_db, open_source, open_store
-    from backfleet.embedding.factory import build_embedder
+    from backfleet.embedding.factory import embedder_for
     from coordinator.planner import plan_migration
 
     s = settings()
     label = model or s.target_model
-    embedder = build_embedder(s.model(label))
+    embedder = embedder_for(s, label)
     db = open_db(s)
     report = plan_migration(
         s, db, open_store(s), open_source(s), embedder, model_label=label, actor=actor()

@@ -21,7 +21,7 @@ from backfleet.cli.render import plan_table, status_table
 from backfleet.corpus import seed_source
 from backfleet.db.schema import upgrade
 from backfleet.db.session import Database, make_engine
-from backfleet.embedding.factory import build_embedder
+from backfleet.embedding.factory import embedder_for
 from backfleet.logs import configure_logging
 from backfleet.settings import BackfillSettings, Settings, SourceSettings
 from backfleet.source import Source
@@ -57,7 +57,7 @@ def seed_live_generation(
     settings: Settings, store: VectorStore, source: Source, label: str
 ) -> Generation:
     """The index production serves before the migration: every document embedded with v1."""
-    embedder = build_embedder(settings.model(label))
+    embedder = embedder_for(settings, label)
     name = generation_name(settings.alias, embedder.identity, store.next_generation_number(settings.alias))
     gen = store.create_generation(name, settings.alias, embedder.identity, source.id_type, "FLAT")
     for docs in source.iter_batches(None, None, None, settings.backfill.batch_size):
@@ -75,7 +75,7 @@ def search_table(store: VectorStore, settings: Settings, gens: dict[str, tuple[G
     for q in QUERIES:
         cells = [q]
         for gen, label in gens.values():
-            vec = build_embedder(settings.model(label)).embed([q]).vectors
+            vec = embedder_for(settings, label).embed([q]).vectors
             hits = gen.search(np.asarray(vec), 3)[0]
             topics = [d.text.split()[1] if d.text else "?" for d in source.fetch([h["id"] for h in hits])]
             cells.append(", ".join(f"#{h['id']} {t} {h['distance']:.2f}" for h, t in zip(hits, topics, strict=False)))
@@ -117,7 +117,7 @@ def _run(console: Console, docs: int, work: Path) -> None:
     console.print(f"alias {settings.alias} → {live.name} ({live.identity.tag}), {live.count():,} rows")
 
     console.rule("2. backfleet plan (target model local-v2)")
-    embedder = build_embedder(settings.model("local-v2"))
+    embedder = embedder_for(settings, "local-v2")
     report = plan_migration(settings, db, store, source, embedder, model_label="local-v2", actor=ACTOR)
     console.print(plan_table(report))
 

@@ -38,7 +38,10 @@ class HashingEmbedder:
         self.version = version
         self.dimension = dimension
         self.metric = metric
-        self._seed = zlib.crc32(f"{name}@{version}".encode())
+        # the model's name and version prefix every feature: a different version hashes every
+        # feature independently (a crc32 start value alone only XORs a length-fixed pattern)
+        self._prefix = f"{name}@{version}\x00".encode()
+        self._seed = zlib.crc32(self._prefix)
 
     def _features(self, text: str) -> list[str]:
         words = WORD_RE.findall(text.lower())
@@ -54,9 +57,10 @@ class HashingEmbedder:
     def _vector(self, text: str) -> np.ndarray:
         vec = np.zeros(self.dimension, dtype=np.float32)
         seed = self._seed
+        prefix = self._prefix
         dim = self.dimension
         for feat in self._features(text):
-            h = zlib.crc32(feat.encode(), seed)
+            h = zlib.crc32(prefix + feat.encode())
             vec[h % dim] += 1.0 if (h >> 31) & 1 else -1.0
         norm = float(np.linalg.norm(vec))
         if norm == 0.0:

@@ -121,10 +121,10 @@ class OpenAIEmbedder:
         self._base_url = model.base_url or DEFAULT_BASE_URL
         self._public_url = redact_url(self._base_url)
         self._where = where
-        self._secret = key.get_secret_value()
+        self._key = key  # a SecretStr: its repr and str are masked
         self._client = openai.OpenAI(
             base_url=self._base_url,
-            api_key=self._secret,
+            api_key=key.get_secret_value(),
             max_retries=0,
             timeout=model.timeout_seconds,
         )
@@ -193,7 +193,7 @@ class OpenAIEmbedder:
         return f"{self._public_url} (model {self.name!r})"
 
     def _redact(self, text: str) -> str:
-        text = text.replace(self._secret, "***") if self._secret else text
+        text = text.replace(self._key.get_secret_value(), "***")
         text = _KEY_LIKE_RE.sub(lambda m: f"{m.group(1)}***", text)
         return text[:_MAX_DETAIL]
 

@@ -135,7 +135,7 @@ class Generation:
     ) -> Iterator[list[dict[str, Any]]]:
         """Rows of ``[lo, hi)`` in batches, streamed with a query iterator (Strong)."""
         expr = range_filter(lo, hi) or (
-            "id >= -9223372036854775808" if self.id_type == "int" else 'id >= ""'
+            "id >= -9223372036854775807" if self.id_type == "int" else 'id >= ""'
         )
         iterator = call(
             f"scan {self.name}",

@@ -53,7 +53,7 @@ def call(
 
 @pytest.fixture
 def server() -> Iterator[RehearsalServer]:
-    with RehearsalServer(rpm=3, tpm=100, window_seconds=0.5) as srv:
+    with RehearsalServer(rpm=3, tpm=100, window_seconds=1.0) as srv:
         yield srv
 
 
@@ -219,7 +219,7 @@ def test_burst_beyond_rpm_gets_429_with_headers_and_stats(server: RehearsalServe
         statuses.append(status)
     assert statuses == [200, 200, 200, 429, 429]
     assert int(headers["retry-after"]) >= 1
-    assert 0 < int(headers["retry-after-ms"]) <= 500
+    assert 0 < int(headers["retry-after-ms"]) <= 1000
     assert headers["x-ratelimit-remaining-requests"] == "0"
     stats = server.stats()
     assert stats["requests"] == 5
@@ -227,7 +227,7 @@ def test_burst_beyond_rpm_gets_429_with_headers_and_stats(server: RehearsalServe
     assert stats["429s"] == stats["rate_limited"] == 2
     assert stats["tokens_accepted"] == 3
     assert stats["max_requests_in_window"] == 3
-    time.sleep(0.55)  # the window slides
+    time.sleep(1.05)  # the window slides
     assert call(url, {"model": "m", "input": "abcd"})[0] == 200
 
 

@@ -303,6 +303,7 @@ def test_key_from_file_works(server: RehearsalServer, tmp_path: Path) -> None:
 
 def test_key_never_in_repr_or_messages(embedder: OpenAIEmbedder) -> None:
     assert KEY not in repr(embedder) and KEY not in str(embedder)
+    assert KEY not in repr(vars(embedder))
     assert "127.0.0.1" in repr(embedder)
     redacted = embedder._redact(f"Incorrect API key provided: {KEY}. Also sk-abc1***wxyz.")
     assert KEY not in redacted and "sk-abc1" not in redacted

@@ -1,0 +1,174 @@
+"""Real services for integration tests: Postgres databases, Redis, a Milvus server, workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+import redis
+
+PG_ADMIN = os.environ.get("BACKFLEET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("BACKFLEET_TEST_REDIS", "redis://127.0.0.1:6379")
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+@contextmanager
+def postgres_database(prefix: str = "bftest") -> Iterator[str]:
+    """A fresh Postgres database; yields its SQLAlchemy URL and drops it afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def redis_db_url(db: int) -> str:
+    url = f"{REDIS_URL}/{db}"
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
+class MilvusServer:
+    """The real Milvus engine (`milvus-server`, 2.3.5) as a subprocess; or `milvus-lite server`."""
+
+    def __init__(self, kind: str = "server") -> None:
+        self.kind = kind
+        self.dir = Path(tempfile.mkdtemp(prefix=f"bf-milvus-{kind}-"))
+        self.port = 19530 if kind == "server" and not port_open(19530) else free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = self.dir / "server.log"
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 120.0) -> None:
+        if self.kind == "server":
+            cmd = [str(VENV_BIN / "milvus-server"), "--data", str(self.dir / "data"),
+                   "--proxy-port", str(self.port)]
+        else:
+            cmd = [str(VENV_BIN / "milvus-lite"), "server", "--data-dir", str(self.dir / "data"),
+                   "--port", str(self.port)]
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.monotonic() + timeout
+        from pymilvus import MilvusClient
+
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"milvus {self.kind} exited: {self.log_path.read_text()[-2000:]}")
+            if port_open(self.port):
+                try:
+                    client = MilvusClient(uri=self.uri, timeout=5)
+                    client.list_collections()
+                    client.close()
+                    return
+                except Exception:
+                    pass
+            time.sleep(0.5)
+        raise RuntimeError(f"milvus {self.kind} not ready after {timeout}s; log {self.log_path}")
+
+    def stop(self, grace: float = 3.0) -> None:
+        """SIGTERM, then SIGKILL the whole process group (milvus-server lingers after TERM)."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=10)
+        self.proc = None
+        # milvus-server spawns its engine in the same session; wait until the port is free
+        deadline = time.monotonic() + 15
+        while port_open(self.port) and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+
+class WorkerFleet:
+    """Real `backfleet worker` processes (Celery), configured through BACKFLEET_* variables."""
+
+    def __init__(self, env: dict[str, str], logdir: Path) -> None:
+        self.env = {**os.environ, **env}
+        self.logdir = logdir
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, n: int = 1, *, concurrency: int = 1, pool: str = "prefork") -> None:
+        for _ in range(n):
+            idx = len(self.procs)
+            log = open(self.logdir / f"worker-{idx}.log", "ab")  # noqa: SIM115
+            proc = subprocess.Popen(
+                [str(VENV_BIN / "backfleet"), "worker", "--concurrency", str(concurrency),
+                 "--pool", pool, "--name", f"bftest-{idx}-{uuid.uuid4().hex[:6]}@%h",
+                 "--loglevel", "INFO"],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+            self.procs.append(proc)
+
+    def alive(self) -> list[subprocess.Popen[bytes]]:
+        return [p for p in self.procs if p.poll() is None]
+
+    def kill(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 15
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(timeout=10)
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.name} ---\n{p.read_text(errors='replace')[-4000:]}"
+            for p in sorted(self.logdir.glob("worker-*.log"))
+        )
