@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, PrivateAttr, SecretStr, ValidationError, field_validator
+from collections.abc import Mapping
+
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -137,7 +140,10 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml_path = _TOML_PATH.get("path")
+        toml_path = _LOADING.get("path")
+        environ = _LOADING.get("environ")
+        if isinstance(environ, dict):
+            env_settings = _GivenEnvSource(settings_cls, environ)
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if toml_path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
@@ -164,7 +170,20 @@ class Settings(BaseSettings):
         return data
 
 
-_TOML_PATH: dict[str, Path | None] = {"path": None}
+#: What the settings being loaded read (set by :func:`load_settings` for one call).
+_LOADING: dict[str, Any] = {"path": None, "environ": None}
+
+
+class _GivenEnvSource(EnvSettingsSource):
+    """The environment source, reading a given mapping instead of ``os.environ``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: dict[str, str]) -> None:
+        self._given = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        case_sensitive = self.case_sensitive
+        return {(k if case_sensitive else k.lower()): v for k, v in self._given.items()}
 
 URL_PASSWORD_RE = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^/:@]+:)(?P<pw>[^@/]*)@")
 
@@ -188,7 +207,8 @@ def load_settings(
         path = Path("backfleet.toml")
     if path is not None and not path.exists():
         raise ConfigError(f"config file {path} does not exist", hint="run `backfleet init`")
-    _TOML_PATH["path"] = path
+    _LOADING["path"] = path
+    _LOADING["environ"] = env
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
@@ -201,7 +221,8 @@ def load_settings(
     except Exception as exc:  # malformed TOML
         raise ConfigError(f"cannot read settings from {path}: {exc}") from None
     finally:
-        _TOML_PATH["path"] = None
+        _LOADING["path"] = None
+        _LOADING["environ"] = None
     for model in settings.models.values():
         model.resolve_api_key(env)
     return settings

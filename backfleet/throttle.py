@@ -269,8 +269,8 @@ end
 """
 
 # ARGV: burst, tokens, waiter id, head-of-line ttl, poll interval, default rpm, default tpm,
-# first refusal time ('' on the first attempt) -> {status, wait, now}; status: granted | requests
-# | tokens | paused | cooldown | unconfigured | badconfig
+# first refusal time ('' on the first attempt) -> {status, wait, first refusal time}; status:
+# granted | requests | tokens | paused | cooldown | unconfigured | badconfig
 _ACQUIRE_LUA = (
     _LUA_PRELUDE
     + """
@@ -700,10 +700,12 @@ class FleetThrottle:
         log.info("throttle_paused", key=self.key)
 
     def resume(self) -> None:
+        """Let waiting acquires proceed (within one poll interval)."""
         self._set_paused(False)
         log.info("throttle_resumed", key=self.key)
 
     def limits(self) -> ThrottleStatus:
+        """The limits in force, paused state, adaptive factor and cool-down left."""
         raw = self._run(self._status_script)
         return ThrottleStatus(
             key=self.key,

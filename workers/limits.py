@@ -2,38 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Protocol
-
 from backfleet.settings import Settings
+from backfleet.throttle import NullThrottle, Throttle
 
-
-class Throttle(Protocol):
-    def acquire(self, tokens: int) -> float: ...
-
-    def report_rate_limited(self, retry_after: float | None) -> None: ...
-
-    def report_success(self) -> None: ...
-
-    def observe_headers(self, headers: dict[str, str]) -> None: ...
-
-
-class NoThrottle:
-    """For the in-process demo with a local model: nothing to share, nothing to wait for."""
-
-    def acquire(self, tokens: int) -> float:
-        return 0.0
-
-    def report_rate_limited(self, retry_after: float | None) -> None:
-        return None
-
-    def report_success(self) -> None:
-        return None
-
-    def observe_headers(self, headers: dict[str, str]) -> None:
-        return None
+__all__ = ["NullThrottle", "Throttle", "build_throttle", "throttle_key"]
 
 
 def throttle_key(settings: Settings, label: str) -> str:
+    """One limiter per provider and model: every worker of the fleet shares it."""
     model = settings.model(label)
     return f"backfleet:throttle:{model.provider}:{model.name}"
 
@@ -42,12 +18,14 @@ def build_throttle(settings: Settings, label: str) -> Throttle:
     """A fleet-wide Redis limiter for the model's provider (local models are not limited)."""
     model = settings.model(label)
     if model.provider == "local":
-        return NoThrottle()
+        return NullThrottle()
     import redis
 
     from backfleet.throttle import FleetThrottle
 
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(
+        settings.redis_url, socket_timeout=5, socket_connect_timeout=3, health_check_interval=30
+    )
     throttle = FleetThrottle(client, throttle_key(settings, label))
     throttle.ensure_limits(settings.throttle.rpm, settings.throttle.tpm)
     return throttle

@@ -30,7 +30,7 @@ from coordinator.dispatcher import start_migration
 from coordinator.planner import plan_migration
 from coordinator.status import migration_status
 from workers.app import create_app
-from workers.limits import NoThrottle
+from workers.limits import NullThrottle
 from workers.pipeline import embed_batch
 
 ACTOR = "demo"
@@ -61,7 +61,7 @@ def seed_live_generation(
     name = generation_name(settings.alias, embedder.identity, store.next_generation_number(settings.alias))
     gen = store.create_generation(name, settings.alias, embedder.identity, source.id_type, "FLAT")
     for docs in source.iter_batches(None, None, None, settings.backfill.batch_size):
-        embed_batch(docs, embedder, NoThrottle(), gen)
+        embed_batch(docs, embedder, NullThrottle(), gen)
     store.point_alias(settings.alias, name)
     return gen
 

@@ -21,7 +21,7 @@ from coordinator.status import migration_status
 from tests.support.fleet import make_settings, settings_env, wait_for
 from tests.support.services import WorkerFleet, postgres_database, redis_db_url
 from workers.app import create_app
-from workers.limits import NoThrottle
+from workers.limits import NullThrottle
 from workers.pipeline import embed_batch
 
 pytestmark = pytest.mark.integration
@@ -50,7 +50,7 @@ def test_backfill_20k_with_two_workers(pg_url: str, milvus_uri: str, tmp_path: P
     v1 = embedder_for(settings, "local-v1")
     live_name = generation_name(settings.alias, v1.identity, store.next_generation_number(settings.alias))
     live = store.create_generation(live_name, settings.alias, v1.identity, "int")
-    embed_batch(source.batch(None, None, None, 500), v1, NoThrottle(), live)
+    embed_batch(source.batch(None, None, None, 500), v1, NullThrottle(), live)
     store.point_alias(settings.alias, live_name)
 
     v2 = embedder_for(settings, "local-v2")

@@ -75,7 +75,6 @@ def _run_fleet(seconds: float, tokens: list[int]) -> list[tuple[float, int]]:
     threads = [threading.Thread(target=_hammer, args=(deadline, tokens, out)) for out in local]
     for thread in threads:
         thread.start()
-    grants = [g for out in local for g in out]
     results = [queue.get(timeout=seconds + 30) for _ in procs]
     for thread in threads:
         thread.join()
