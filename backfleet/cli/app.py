@@ -125,11 +125,17 @@ def start(
 ) -> None:
     """Create the shadow generation and send one Celery task per range."""
     from backfleet.cli.wiring import celery_app, check_broker, open_db, open_store
+    from backfleet.embedding.factory import embedder_for
+    from backfleet.embedding.identity import ModelIdentity
     from coordinator.dispatcher import load_migration, start_migration
 
     s = settings()
     db = open_db(s)
     m = load_migration(db, migration, s.alias)
+    # the configuration workers will embed with must be the model the migration was planned for
+    ModelIdentity.from_json(m.target_identity).require_same(
+        embedder_for(s, m.target_model).identity, f"migration {m.id}"
+    )
     capp = celery_app(s)
     check_broker(capp, s)
     sent = start_migration(
@@ -183,6 +189,76 @@ def worker(
 
 
 @app.command()
+def throttle(
+    model: str | None = typer.Option(None, help="model label (default: target_model)"),
+    rpm: int | None = typer.Option(None, help="new fleet-wide requests per minute"),
+    tpm: int | None = typer.Option(None, help="new fleet-wide tokens per minute"),
+    pause: bool = typer.Option(False, "--pause", help="hold every provider call of the fleet"),
+    resume: bool = typer.Option(False, "--resume", help="release a paused fleet"),
+    json_out: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """Show or change the running fleet's rate limits (applies to every worker at once)."""
+    from dataclasses import asdict
+
+    from backfleet.cli.render import print_json, throttle_table
+    from backfleet.throttle import FleetThrottle
+    from workers.limits import build_throttle
+
+    s = settings()
+    label = model or s.target_model
+    if s.model(label).provider == "local":
+        raise ConfigError(
+            f"model {label!r} is local: it has no provider rate limit",
+            hint="pass --model with the label of a provider model",
+        )
+    if pause and resume:
+        raise ConfigError("--pause and --resume together", hint="pass one of them")
+    if (rpm is not None and rpm <= 0) or (tpm is not None and tpm <= 0):
+        raise ConfigError("limits must be positive", hint="--rpm and --tpm take numbers above 0")
+    limiter = build_throttle(s, label)
+    assert isinstance(limiter, FleetThrottle)
+    if rpm is not None or tpm is not None:
+        limiter.set_limits(rpm=rpm, tpm=tpm)
+    if pause:
+        limiter.pause()
+    if resume:
+        limiter.resume()
+    state = limiter.limits()
+    if json_out:
+        print_json(console, asdict(state))
+    else:
+        console.print(throttle_table(state))
+
+
+@app.command("fake-provider")
+def fake_provider(
+    host: str = typer.Option("127.0.0.1", help="address to listen on"),
+    port: int = typer.Option(8099, help="port to listen on"),
+    rpm: int = typer.Option(3000, min=1, help="requests per minute enforced (429 above)"),
+    tpm: int = typer.Option(1_000_000, min=1, help="tokens per minute enforced (429 above)"),
+    latency_ms: float = typer.Option(0.0, min=0, help="added latency per request"),
+    dimension: int = typer.Option(1536, min=2, help="vector size when a request names none"),
+    error_rate: float = typer.Option(0.0, min=0, max=1, help="share of requests answered 503"),
+    poison: list[str] = typer.Option([], help="inputs containing this text get a 400"),
+) -> None:
+    """Serve the rehearsal provider: an OpenAI-compatible /v1/embeddings with limits and faults."""
+    from backfleet.rehearsal import serve
+
+    console.print(
+        f"rehearsal provider on http://{host}:{port}/v1 (rpm {rpm}, tpm {tpm}); "
+        "faults: POST /admin/faults, counters: GET /admin/stats"
+    )
+    try:
+        serve(host=host, port=port, rpm=rpm, tpm=tpm, latency_ms=latency_ms, dimension=dimension,
+              error_rate=error_rate, poison=list(poison) or None)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}",
+                          hint="pick another --port") from None
+    except ValueError as exc:
+        raise ConfigError(f"bad fault setting: {exc}") from None
+
+
+@app.command()
 def demo(
     docs: int = typer.Option(3000, min=100, max=200_000, help="documents to generate"),
     workdir: Path | None = typer.Option(None, "--dir", help="keep the demo's files here"),
@@ -197,7 +273,8 @@ def main() -> None:
     try:
         app()
     except BackfleetError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        # one line, never wrapped: scripts and operators grep it
+        sys.stderr.write(f"error: {exc}\n")
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted")

@@ -70,6 +70,22 @@ def status_table(st: MigrationStatus) -> Table:
     return table
 
 
+def throttle_table(st: Any) -> Table:
+    table = Table(title=f"rate limits in force ({st.key})", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    table.add_row("configured", f"{st.rpm} RPM, {st.tpm} TPM")
+    if st.provider_rpm or st.provider_tpm:
+        table.add_row("provider says", f"{st.provider_rpm} RPM, {st.provider_tpm} TPM")
+    eff_rpm = f"{st.effective_rpm:,.0f}" if st.effective_rpm is not None else "?"
+    eff_tpm = f"{st.effective_tpm:,.0f}" if st.effective_tpm is not None else "?"
+    table.add_row("effective", f"{eff_rpm} RPM, {eff_tpm} TPM (adaptive factor {st.factor:.2f})")
+    table.add_row("paused", "yes — `backfleet throttle --resume` releases it" if st.paused else "no")
+    if st.cooldown_remaining > 0:
+        table.add_row("429 cool-down", f"{st.cooldown_remaining:.1f} s left")
+    return table
+
+
 def print_json(console: Console, data: Any) -> None:
     import json
 

@@ -60,7 +60,9 @@ class MilvusServer:
     def __init__(self, kind: str = "server") -> None:
         self.kind = kind
         self.dir = Path(tempfile.mkdtemp(prefix=f"bf-milvus-{kind}-"))
-        self.port = 19530 if kind == "server" and not port_open(19530) else free_port()
+        # never the default 19530: milvus-server silently moves to the next port when the
+        # default is busy (even in TIME_WAIT), but fails loudly on an explicit one
+        self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.dir / "server.log"
 
@@ -69,6 +71,19 @@ class MilvusServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 120.0) -> None:
+        """Start and wait until it answers; on failure nothing is left running."""
+        if self.kind == "server" and port_open(2379):
+            raise RuntimeError(
+                "port 2379 is taken (another milvus-server or etcd runs here); stop it, or point "
+                "the tests at it with BACKFLEET_TEST_MILVUS_URI"
+            )
+        try:
+            self._start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, timeout: float) -> None:
         if self.kind == "server":
             cmd = [str(VENV_BIN / "milvus-server"), "--data", str(self.dir / "data"),
                    "--proxy-port", str(self.port)]

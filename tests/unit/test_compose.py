@@ -1,0 +1,171 @@
+"""docker-compose.yml: the services operators rely on, scalable workers, no secrets in the file."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backfleet.settings import Settings, SourceSettings
+
+try:
+    import yaml
+except ImportError:  # PyYAML is not a dependency of backfleet
+    yaml = None
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
+
+needs_yaml = pytest.mark.skipif(yaml is None, reason="PyYAML is not installed")
+
+STATE_SERVICES = ("postgres", "redis", "etcd", "minio", "milvus")
+BACKFLEET_SERVICES = ("migrate", "worker", "coordinator")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    assert yaml is not None
+    data = yaml.safe_load(COMPOSE.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    result: dict[str, dict[str, Any]] = compose["services"]
+    return result
+
+
+def _words(command: str | list[str] | None) -> list[str]:
+    if command is None:
+        return []
+    if isinstance(command, str):
+        return command.split()
+    return [word for part in command for word in str(part).split()]
+
+
+def test_no_secret_literals_in_the_file() -> None:
+    text = COMPOSE.read_text()
+    assert "sk-" not in text
+    assert "FLOWER_BASIC_AUTH:-" not in text
+    assert "OPENAI_API_KEY:-" not in text
+    assert "basic_auth=" not in text
+
+
+@needs_yaml
+def test_services_exist(services: dict[str, dict[str, Any]]) -> None:
+    for name in (*STATE_SERVICES, *BACKFLEET_SERVICES, "flower"):
+        assert name in services, name
+
+
+@needs_yaml
+def test_worker_is_scalable(services: dict[str, dict[str, Any]]) -> None:
+    worker = services["worker"]
+    assert "container_name" not in worker
+    assert "ports" not in worker
+    assert "build" in worker
+    assert _words(worker["command"])[:1] == ["worker"]
+    depends = worker["depends_on"]
+    for name in ("postgres", "redis", "milvus"):
+        assert depends[name]["condition"] == "service_healthy"
+    assert depends["migrate"]["condition"] == "service_completed_successfully"
+
+
+@needs_yaml
+def test_state_services_have_health_checks_and_volumes(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name in STATE_SERVICES:
+        assert "healthcheck" in services[name], name
+        assert services[name].get("volumes"), name
+    assert "pg_isready" in " ".join(_words(services["postgres"]["healthcheck"]["test"]))
+    assert "http://localhost:9091/healthz" in services["milvus"]["healthcheck"]["test"]
+    milvus = services["milvus"]
+    assert _words(milvus["command"]) == ["milvus", "run", "standalone"]
+    assert set(milvus["environment"]) >= {"ETCD_ENDPOINTS", "MINIO_ADDRESS"}
+    assert any("19530" in str(port) for port in milvus["ports"])
+
+
+@needs_yaml
+def test_redis_never_evicts(services: dict[str, dict[str, Any]]) -> None:
+    words = _words(services["redis"]["command"])
+    assert words[words.index("--maxmemory-policy") + 1] == "noeviction"
+    assert words[words.index("--appendonly") + 1] == "yes"
+
+
+@needs_yaml
+def test_flower_basic_auth_comes_from_the_environment(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    flower = services["flower"]
+    value = flower["environment"]["FLOWER_BASIC_AUTH"]
+    # Either key-only (passed through from the host) or an interpolation without a default.
+    assert value is None or (value.startswith("${FLOWER_BASIC_AUTH") and ":-" not in value)
+    words = _words(flower["command"])
+    assert "flower" in words
+    assert "--enable_events=True" in words
+    assert any("5555" in str(port) for port in flower["ports"])
+
+
+@needs_yaml
+def test_one_shot_migration_and_opt_in_coordinator(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    migrate = services["migrate"]
+    assert _words(migrate["command"]) == ["db", "upgrade"]
+    assert migrate["restart"] == "no"
+    coordinator = services["coordinator"]
+    assert coordinator["profiles"] == ["supervise"]
+    assert _words(coordinator["command"]) == ["supervise"]
+
+
+@needs_yaml
+def test_backfleet_environment_names_real_settings(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    nested = {"source": SourceSettings.model_fields}
+    for name in BACKFLEET_SERVICES:
+        env = services[name]["environment"]
+        assert env["OPENAI_API_KEY"] is None, "the key is passed through, never written here"
+        assert env["BACKFLEET_DATABASE_URL"].startswith("postgresql+psycopg://")
+        assert env["BACKFLEET_MILVUS_URI"] == "http://milvus:19530"
+        for key in env:
+            if not key.startswith("BACKFLEET_") or key == "BACKFLEET_CONFIG":
+                continue
+            path = key.removeprefix("BACKFLEET_").lower().split("__")
+            assert path[0] in Settings.model_fields, key
+            if len(path) > 1:
+                assert path[1] in nested[path[0]], key
+
+
+def _compose_commands() -> list[list[str]]:
+    commands = []
+    if shutil.which("docker-compose"):
+        commands.append(["docker-compose"])
+    if shutil.which("docker"):
+        probe = subprocess.run(
+            ["docker", "compose", "version"], capture_output=True, check=False, timeout=30
+        )
+        if probe.returncode == 0:
+            commands.append(["docker", "compose"])
+    return commands
+
+
+@pytest.mark.parametrize("profile", [[], ["--profile", "supervise"]], ids=["default", "supervise"])
+def test_compose_tool_accepts_the_file(profile: list[str]) -> None:
+    commands = _compose_commands()
+    if not commands:
+        pytest.skip("neither docker-compose nor `docker compose` is on PATH")
+    for command in commands:
+        result = subprocess.run(
+            [*command, "-f", str(COMPOSE), *profile, "config", "-q"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        assert result.returncode == 0, (command, result.stderr)
