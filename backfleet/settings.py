@@ -43,6 +43,9 @@ class ModelSettings(BaseModel):
     timeout_seconds: float = Field(default=30.0, gt=0)
     price_per_million_tokens: float = Field(default=0.0, ge=0)
     max_inputs_per_request: int = Field(default=2048, gt=0)
+    max_request_tokens: int = Field(default=300_000, gt=0)
+    max_input_tokens: int = Field(default=8192, gt=0)
+    oversize_policy: Literal["truncate", "reject"] = "truncate"
     _api_key: SecretStr | None = PrivateAttr(default=None)
 
     @property
@@ -84,6 +87,8 @@ class BackfillSettings(BaseModel):
     heartbeat_seconds: float = Field(default=20.0, gt=0)
     max_attempts: int = Field(default=5, gt=0)
     visibility_timeout_seconds: float = Field(default=21600.0, gt=0)
+    reap_interval_seconds: float = Field(default=10.0, gt=0)
+    resend_after_seconds: float = Field(default=120.0, gt=0)
     queue: str = "backfleet"
     index_type: Literal["HNSW", "FLAT", "IVF_FLAT", "AUTOINDEX"] = "HNSW"
     avg_chars_per_token: float = Field(default=4.0, gt=0)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import or_, select
+from datetime import datetime
+
+from sqlalchemy import or_, select, update
 
 from backfleet.db.checkpoint import utcnow
 from backfleet.db.models import Migration, MigrationState, Range, RangeState
@@ -68,18 +70,38 @@ def start_migration(
     return dispatch(db, app, migration_id)
 
 
-def dispatch(db: Database, app: Any, migration_id: int, *, stale_only: bool = False) -> int:
-    """Send a task for every pending range and every running range whose lease expired."""
+def dispatch(
+    db: Database,
+    app: Any,
+    migration_id: int,
+    *,
+    pending_sent_before: datetime | None = None,
+    include_pending: bool = True,
+) -> int:
+    """Send a task for every pending range and every running range whose lease expired.
+
+    With ``pending_sent_before`` (the reaper), a pending range is re-sent only if its last
+    task went out before then: a message may be lost, but a queued one is not duplicated.
+    """
     now = utcnow()
     with db.session() as session:
         expired = (Range.state == RangeState.RUNNING) & (Range.lease_expires_at < now)
-        cond = expired if stale_only else or_(Range.state == RangeState.PENDING, expired)
+        pending = (Range.state == RangeState.PENDING) & include_pending
+        if pending_sent_before is not None:
+            pending = pending & (
+                Range.dispatched_at.is_(None) | (Range.dispatched_at < pending_sent_before)
+            )
         ids = list(
             session.execute(
-                select(Range.id).where(Range.migration_id == migration_id, cond).order_by(Range.seq)
+                select(Range.id)
+                .where(Range.migration_id == migration_id, or_(pending, expired))
+                .order_by(Range.seq)
             ).scalars()
         )
+        if ids:
+            session.execute(update(Range).where(Range.id.in_(ids)).values(dispatched_at=now))
     for range_id in ids:
         enqueue_range(app, migration_id, range_id)
-    log.info("ranges_dispatched", migration=migration_id, count=len(ids))
+    if ids:
+        log.info("ranges_dispatched", migration=migration_id, count=len(ids))
     return len(ids)

@@ -25,7 +25,7 @@ def milvus_server() -> Iterator[MilvusServer | None]:
     try:
         yield server
     finally:
-        server.stop()
+        server.close()
 
 
 @pytest.fixture(scope="session")

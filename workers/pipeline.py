@@ -8,7 +8,7 @@ upsert makes harmless. A heartbeat thread renews the lease while a batch is in f
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from backfleet.db import checkpoint
@@ -18,9 +18,11 @@ from backfleet.embedding.base import EmbedResult, Embedder, validate_vectors
 from backfleet.embedding.identity import ModelIdentity
 from backfleet.errors import (
     BackfleetError,
+    InvalidEmbedding,
     LeaseLost,
     ModelMismatch,
     ProviderRateLimited,
+    ProviderRejected,
     ServiceUnavailable,
 )
 from backfleet.logs import get_logger
@@ -69,12 +71,26 @@ class Heartbeat:
             raise LeaseLost(f"range {self.claim.range_id}: lease lost (heartbeat)")
 
 
+@dataclass(frozen=True)
+class DeadDoc:
+    """A document isolated from its batch: ``rejected`` by the provider, or ``skipped``."""
+
+    doc_id: str
+    kind: str
+    reason: str
+
+
 @dataclass
 class BatchResult:
     docs: int
     tokens: int
     embedded: int
     skipped: int
+    dead: list[DeadDoc] = field(default_factory=list)
+
+
+#: A single document that fails this many times in a row is a poison document.
+SINGLE_DOC_TRIES = 3
 
 
 def embed_batch(
@@ -86,19 +102,71 @@ def embed_batch(
     max_attempts: int = 6,
     max_wait: float = 60.0,
 ) -> BatchResult:
-    """Embed and upsert one batch (documents with no text are skipped, not embedded)."""
-    keep = [d for d in docs if d.text is not None and d.text.strip()]
-    skipped = len(docs) - len(keep)
-    if skipped:
-        log.info("docs_skipped_empty", count=skipped, first=str(docs[0].id))
-    if not keep:
-        return BatchResult(docs=len(docs), tokens=0, embedded=0, skipped=skipped)
-    texts = [d.text or "" for d in keep]
-    result = call_provider(embedder, throttle, texts, max_attempts=max_attempts, max_wait=max_wait)
-    identity = embedder.identity
-    validate_vectors(result.vectors, len(texts), identity.dimension)
-    generation.upsert([d.id for d in keep], result.vectors, [text_hash(t) for t in texts], identity)
-    return BatchResult(docs=len(docs), tokens=result.tokens, embedded=len(keep), skipped=skipped)
+    """Embed and upsert one batch; isolate poison documents instead of failing the batch.
+
+    Documents with no text are skipped (recorded, not embedded). When the provider rejects
+    the batch or answers something invalid for it, the batch is bisected until the bad
+    documents are alone; each is tried a few times, then dead-lettered. If every document
+    of a batch fails, the provider is the problem, not the documents: the error is raised.
+    """
+    dead = [DeadDoc(str(d.id), "skipped", "empty text") for d in docs if not _has_text(d)]
+    keep = [d for d in docs if _has_text(d)]
+    if dead:
+        log.info("docs_skipped_empty", count=len(dead), first=dead[0].doc_id)
+    tokens = 0
+    embedded = 0
+    rejected: list[DeadDoc] = []
+    errors: list[BackfleetError] = []
+
+    def run(part: list[Doc]) -> None:
+        nonlocal tokens, embedded
+        texts = [d.text or "" for d in part]
+        result: EmbedResult | None = None
+        failure: BackfleetError | None = None
+        for _ in range(SINGLE_DOC_TRIES if len(part) == 1 else 1):
+            try:
+                result = call_provider(embedder, throttle, texts, max_attempts=max_attempts,
+                                       max_wait=max_wait)
+                validate_vectors(result.vectors, len(texts), embedder.identity.dimension)
+                break
+            except InvalidEmbedding as exc:
+                result, failure = None, exc
+                if exc.bad_indexes and len(part) > 1:  # the response names the bad inputs
+                    bad = set(exc.bad_indexes)
+                    for i in sorted(bad):
+                        run([part[i]])
+                    run([d for i, d in enumerate(part) if i not in bad])
+                    return
+            except ProviderRejected as exc:
+                result, failure = None, exc
+        if result is None:
+            if len(part) > 1:
+                mid = len(part) // 2
+                run(part[:mid])
+                run(part[mid:])
+                return
+            assert failure is not None
+            errors.append(failure)
+            rejected.append(DeadDoc(str(part[0].id), "rejected", str(failure)))
+            return
+        generation.upsert([d.id for d in part], result.vectors, [text_hash(t) for t in texts],
+                          embedder.identity)
+        tokens += result.tokens
+        embedded += len(part)
+
+    if keep:
+        run(keep)
+    if rejected and embedded == 0 and len(keep) > 1:
+        raise errors[-1]
+    if rejected:
+        log.warning("docs_dead_lettered", count=len(rejected), first=rejected[0].doc_id,
+                    reason=rejected[0].reason[:200])
+    return BatchResult(docs=len(docs), tokens=tokens, embedded=embedded, skipped=len(dead),
+                       dead=dead + rejected)
+
+
+def _has_text(doc: Doc) -> bool:
+    return doc.text is not None and bool(doc.text.strip())
 
 
 def call_provider(
@@ -168,6 +236,7 @@ class RangePipeline:
                     checkpoint.advance(
                         ctx.db, claim, Source.encode_id(docs[-1].id), res.docs, res.tokens,
                         cfg.lease_seconds,
+                        dead_letters=[(d.doc_id, d.kind, d.reason) for d in res.dead],
                     )
                     docs_total += res.docs
                 checkpoint.complete(ctx.db, claim)
@@ -188,3 +257,45 @@ class RangePipeline:
             return "failed" if state == "failed" else "retry"
         log.info("range_done", migration=migration_id, range=range_id, docs=docs_total)
         return "done"
+
+
+def reembed_documents(ctx: WorkerContext, migration_id: int, doc_ids: list[str]) -> BatchResult:
+    """Embed named documents into a migration's shadow (dead-letter retry, repairs).
+
+    Successes clear their dead letters; failures refresh them. Ids gone from the source are
+    deleted from the shadow.
+    """
+    from sqlalchemy import delete
+
+    from backfleet.db.models import DeadLetter
+
+    migration = ctx.migration(migration_id)
+    embedder = ctx.embedder(migration.target_model)
+    ModelIdentity.from_json(migration.target_identity).require_same(
+        embedder.identity, f"migration {migration_id}"
+    )
+    generation = ctx.generation(migration.target_generation)
+    source = ctx.source
+    wanted = [source.decode_id(i) for i in doc_ids]
+    docs = source.fetch(wanted)
+    found = {str(d.id) for d in docs}
+    gone = [i for i in wanted if str(i) not in found]
+    if gone:
+        generation.delete(gone)
+    res = embed_batch(docs, embedder, ctx.throttle(migration.target_model), generation)
+    failed = {d.doc_id for d in res.dead}
+    cleared = [i for i in doc_ids if i not in failed]
+    with ctx.db.session() as session:
+        if cleared:
+            session.execute(
+                delete(DeadLetter).where(
+                    DeadLetter.migration_id == migration_id, DeadLetter.doc_id.in_(cleared)
+                )
+            )
+        if res.dead:
+            checkpoint.save_dead_letters(
+                session, migration_id, None, [(d.doc_id, d.kind, d.reason) for d in res.dead]
+            )
+    log.info("docs_reembedded", migration=migration_id, docs=len(docs), embedded=res.embedded,
+             dead=len(res.dead), deleted=len(gone))
+    return res

@@ -11,11 +11,13 @@ from typing import Any
 
 from backfleet.logs import get_logger
 from workers.context import WorkerContext
-from workers.pipeline import RangePipeline
+from backfleet.errors import ServiceUnavailable
+from workers.pipeline import RangePipeline, reembed_documents
 
 log = get_logger("backfleet.tasks")
 
 BACKFILL_TASK = "backfleet.backfill_range"
+REEMBED_TASK = "backfleet.reembed_documents"
 RETRY_COUNTDOWN_SECONDS = (2, 5, 10, 20, 30)
 
 
@@ -33,6 +35,21 @@ def register_tasks(app: Any, ctx: WorkerContext) -> None:
                        kwargs={"migration_id": migration_id, "range_id": range_id})
             log.info("range_requeued", migration=migration_id, range=range_id, countdown=countdown)
         return outcome
+
+    @app.task(name=REEMBED_TASK, bind=True, acks_late=True, reject_on_worker_lost=True,
+              ignore_result=True, autoretry_for=(ServiceUnavailable,), retry_backoff=2,
+              retry_backoff_max=30, max_retries=None)
+    def reembed_documents_task(self: Any, migration_id: int, doc_ids: list[str]) -> int:
+        return reembed_documents(ctx, migration_id, doc_ids).embedded
+
+
+def enqueue_documents(app: Any, migration_id: int, doc_ids: list[str]) -> None:
+    """Send one re-embed task for named documents of a migration."""
+    kwargs = {"migration_id": migration_id, "doc_ids": doc_ids}
+    if app.conf.task_always_eager:
+        app.tasks[REEMBED_TASK].apply(kwargs=kwargs)
+        return
+    app.send_task(REEMBED_TASK, kwargs=kwargs, queue=app.conf.task_default_queue)
 
 
 def enqueue_range(app: Any, migration_id: int, range_id: int) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from backfleet.db.models import Event, Migration, MigrationState, Range, RangeState
+from backfleet.db.models import DeadLetter, Event, Migration, MigrationState, Range, RangeState
 from backfleet.db.session import Database
 from backfleet.errors import LeaseLost
 
@@ -151,9 +151,18 @@ def mark_read_started(db: Database, claim_: Claim, at: datetime) -> None:
 
 
 def advance(
-    db: Database, claim_: Claim, cursor: str, docs: int, tokens: int, lease_seconds: float
+    db: Database,
+    claim_: Claim,
+    cursor: str,
+    docs: int,
+    tokens: int,
+    lease_seconds: float,
+    dead_letters: list[tuple[str, str, str]] | None = None,
 ) -> None:
-    """Move the cursor after a batch is durably in Milvus; fenced by the lease token."""
+    """Move the cursor after a batch is durably in Milvus; fenced by the lease token.
+
+    Dead letters of the batch (doc id, kind, reason) are recorded in the same transaction.
+    """
     now = utcnow()
     with db.session() as session:
         result = session.execute(
@@ -172,6 +181,32 @@ def advance(
             raise LeaseLost(
                 f"range {claim_.range_id}: lease of {claim_.owner} was lost; cursor not advanced"
             )
+        if dead_letters:
+            save_dead_letters(session, claim_.migration_id, claim_.range_id, dead_letters)
+
+
+def save_dead_letters(
+    session: Session, migration_id: int, range_id: int | None, rows: list[tuple[str, str, str]]
+) -> None:
+    """Insert or refresh dead letters (one row per document and migration)."""
+    now = utcnow()
+    values = [
+        {"migration_id": migration_id, "range_id": range_id, "doc_id": doc_id, "kind": kind,
+         "reason": reason[:2000], "attempts": 1, "created_at": now, "updated_at": now}
+        for doc_id, kind, reason in rows
+    ]
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
+    stmt = dialect_insert(DeadLetter).values(values)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["migration_id", "doc_id"],
+        set_={"kind": stmt.excluded.kind, "reason": stmt.excluded.reason,
+              "attempts": DeadLetter.attempts + 1, "updated_at": now},
+    )
+    session.execute(stmt)
 
 
 def complete(db: Database, claim_: Claim) -> None:

@@ -78,10 +78,30 @@ class Range(Base):
     tokens_used: Mapped[int] = mapped_column(BigInteger, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     read_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class DeadLetter(Base):
+    """A document that could not be embedded (isolated from its batch), or was skipped."""
+
+    __tablename__ = "bf_dead_letters"
+    __table_args__ = (
+        Index("ux_bf_dead_letters_doc", "migration_id", "doc_id", unique=True),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    migration_id: Mapped[int] = mapped_column(ForeignKey("bf_migrations.id", ondelete="CASCADE"))
+    range_id: Mapped[int | None] = mapped_column(BigInteger)
+    doc_id: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(16))  # "rejected" | "skipped" | "truncated"
+    reason: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class Event(Base):

@@ -33,6 +33,7 @@ import structlog
 
 from backfleet.embedding.base import EmbedResult, Matrix, validate_vectors
 from backfleet.embedding.identity import PROBE_TEXTS, ModelIdentity, fingerprint_vectors
+from backfleet.embedding.tokens import EstimatingCounter, counter_for
 from backfleet.errors import (
     ConfigError,
     InvalidEmbedding,
@@ -117,6 +118,8 @@ class OpenAIEmbedder:
         self.dimension = model.dimension
         self.metric = model.metric
         self.max_inputs = model.max_inputs_per_request
+        #: exact cl100k for OpenAI's embedding models, a billing-calibrated estimate otherwise
+        self.token_counter = counter_for(self.provider, model.name)
         self._send_dimensions = model.send_dimensions
         self._base_url = model.base_url or DEFAULT_BASE_URL
         self._public_url = redact_url(self._base_url)
@@ -138,7 +141,7 @@ class OpenAIEmbedder:
     # --- the Embedder protocol --------------------------------------------------------
 
     def count_tokens(self, text: str) -> int:
-        return estimate_tokens(text)
+        return self.token_counter.count(text)
 
     @cached_property
     def identity(self) -> ModelIdentity:
@@ -176,7 +179,9 @@ class OpenAIEmbedder:
             raise self._convert(exc) from exc
         vectors, tokens = self._parse(content, len(texts))
         if tokens is None:
-            tokens = sum(estimate_tokens(t) for t in texts)
+            tokens = sum(self.token_counter.count_many(texts))
+        elif isinstance(self.token_counter, EstimatingCounter):
+            self.token_counter.observe(texts, tokens)
         log.debug(
             "provider_call",
             model=self.name,

@@ -20,6 +20,7 @@ import redis
 PG_ADMIN = os.environ.get("BACKFLEET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("BACKFLEET_TEST_REDIS", "redis://127.0.0.1:6379")
 VENV_BIN = Path(sys.executable).parent
+LOCK_PATH = Path(tempfile.gettempdir()) / "backfleet-milvus-server.lock"
 
 
 def free_port() -> int:
@@ -71,17 +72,37 @@ class MilvusServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 120.0) -> None:
-        """Start and wait until it answers; on failure nothing is left running."""
-        if self.kind == "server" and port_open(2379):
-            raise RuntimeError(
-                "port 2379 is taken (another milvus-server or etcd runs here); stop it, or point "
-                "the tests at it with BACKFLEET_TEST_MILVUS_URI"
-            )
+        """Start and wait until it answers; on failure nothing is left running.
+
+        milvus-server's embedded etcd always listens on 2379/2380, so only one runs per machine:
+        a second test session waits for the first one's server to stop (a file lock).
+        """
+        if self.kind == "server":
+            self._lock_machine(wait=1800)
         try:
             self._start(timeout)
         except BaseException:
-            self.stop()
+            self.close()
             raise
+
+    def _lock_machine(self, wait: float) -> None:
+        import fcntl
+
+        self._lock = open(LOCK_PATH, "w")  # noqa: SIM115 - held until stop()
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"another milvus-server test run holds {LOCK_PATH}") from None
+                time.sleep(1)
+        if port_open(2379):
+            raise RuntimeError(
+                "port 2379 is taken (a milvus-server or etcd not started by the tests runs here); "
+                "stop it, or point the tests at it with BACKFLEET_TEST_MILVUS_URI"
+            )
 
     def _start(self, timeout: float) -> None:
         if self.kind == "server":
@@ -130,8 +151,16 @@ class MilvusServer:
         self.proc = None
         # milvus-server spawns its engine in the same session; wait until the port is free
         deadline = time.monotonic() + 15
-        while port_open(self.port) and time.monotonic() < deadline:
+        while (port_open(self.port) or port_open(2379)) and time.monotonic() < deadline:
             time.sleep(0.2)
+
+    def close(self) -> None:
+        """Stop the server and let the next test session start one."""
+        self.stop()
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.close()
+            self._lock = None
 
 
 class WorkerFleet:

@@ -1,0 +1,81 @@
+"""The reaper: Postgres is the truth, Celery messages are hints.
+
+``backfleet supervise`` runs :func:`reap_once` every few seconds. For every migration that is
+backfilling or catching up it re-sends tasks for ranges whose lease expired (a dead or stuck
+worker) and for pending ranges whose last task went out long ago (a lost message, a flushed
+broker). A duplicate task is harmless: a range that is done or held by a live lease is a
+no-op for the worker that receives it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+
+from backfleet.db.checkpoint import utcnow
+from backfleet.db.models import Migration, MigrationState, Range, RangeState
+from backfleet.db.session import Database
+from backfleet.errors import ServiceUnavailable
+from backfleet.logs import get_logger
+from coordinator.dispatcher import dispatch
+
+log = get_logger("backfleet.reaper")
+
+
+@dataclass(frozen=True)
+class ReaperSettings:
+    interval_seconds: float = 10.0
+    #: re-send a pending range's task when its last one went out this long ago
+    resend_after_seconds: float = 120.0
+
+
+def reap_once(db: Database, app: Any, settings: ReaperSettings, queue_depth: int | None) -> int:
+    """One pass over the running migrations; returns the tasks sent."""
+    cutoff = utcnow() - timedelta(seconds=settings.resend_after_seconds)
+    sent = 0
+    with db.session() as session:
+        migrations = list(session.execute(
+            select(Migration.id).where(
+                Migration.state.in_((MigrationState.BACKFILLING, MigrationState.CATCHING_UP)))
+        ).scalars())
+        pending = dict(session.execute(
+            select(Range.migration_id, func.count()).where(
+                Range.migration_id.in_(migrations), Range.state == RangeState.PENDING)
+            .group_by(Range.migration_id)
+        ).all()) if migrations else {}
+    total_pending = sum(pending.values())
+    for mid in migrations:
+        # when the queue holds at least one message per pending range, none is lost
+        resend = queue_depth is None or queue_depth < total_pending
+        sent += dispatch(db, app, mid, pending_sent_before=cutoff, include_pending=resend)
+    return sent
+
+
+def queue_depth(app: Any) -> int | None:
+    """Messages waiting in the backfleet queue (Redis list length), or None if unknown."""
+    try:
+        with app.connection_for_read() as conn:
+            client = conn.default_channel.client
+            return int(client.llen(app.conf.task_default_queue))
+    except Exception:  # depth is an optimisation; without it every stale range is re-sent
+        return None
+
+
+def supervise(db: Database, app: Any, settings: ReaperSettings, *,
+              stop_after: float | None = None) -> None:
+    """Run the reaper until interrupted (or for ``stop_after`` seconds)."""
+    started = time.monotonic()
+    log.info("supervise_started", interval=settings.interval_seconds,
+             resend_after=settings.resend_after_seconds)
+    while stop_after is None or time.monotonic() - started < stop_after:
+        try:
+            sent = reap_once(db, app, settings, queue_depth(app))
+            if sent:
+                log.info("reaper_resent", tasks=sent)
+        except ServiceUnavailable as exc:  # wait the outage out
+            log.warning("reaper_waiting", error=str(exc))
+        time.sleep(settings.interval_seconds)
