@@ -90,6 +90,14 @@ class WorkerContext:
                 self._throttles[label] = build_throttle(self.settings, label)
             return self._throttles[label]
 
+    def reset_store(self) -> None:
+        """Drop the Milvus client after an outage; the next use reconnects."""
+        with self._lock:
+            if self._store is not None:
+                self._store.close()
+            self._store = None
+            self._generations = {}
+
     def generation(self, name: str) -> Generation:
         self._check_pid()
         gen = self._generations.get(name)

@@ -16,6 +16,7 @@ from backfleet.db.checkpoint import Claim
 from backfleet.db.session import Database
 from backfleet.embedding.base import EmbedResult, Embedder, validate_vectors
 from backfleet.embedding.identity import ModelIdentity
+from backfleet.embedding.packing import OversizePolicy, PackLimits, pack
 from backfleet.errors import (
     BackfleetError,
     InvalidEmbedding,
@@ -24,6 +25,7 @@ from backfleet.errors import (
     ProviderRateLimited,
     ProviderRejected,
     ServiceUnavailable,
+    VectorStoreUnavailable,
 )
 from backfleet.logs import get_logger
 from backfleet.source import Doc, Source, text_hash
@@ -99,15 +101,20 @@ def embed_batch(
     throttle: Throttle,
     generation: Generation,
     *,
+    limits: PackLimits | None = None,
+    oversize_policy: OversizePolicy = "truncate",
     max_attempts: int = 6,
     max_wait: float = 60.0,
 ) -> BatchResult:
     """Embed and upsert one batch; isolate poison documents instead of failing the batch.
 
-    Documents with no text are skipped (recorded, not embedded). When the provider rejects
-    the batch or answers something invalid for it, the batch is bisected until the bad
-    documents are alone; each is tried a few times, then dead-lettered. If every document
-    of a batch fails, the provider is the problem, not the documents: the error is raised.
+    Documents with no text are skipped (recorded, not embedded). With ``limits`` the batch is
+    packed into requests within the provider's per-request limits; an input over the
+    per-input limit is truncated (recorded) or rejected to dead letters, by policy. When the
+    provider rejects a request or answers something invalid for it, the request is bisected
+    until the bad documents are alone; each is tried a few times, then dead-lettered. If every
+    document of a batch fails, the provider is the problem, not the documents: it raises.
+    The stored text hash is always the hash of the source text, truncated or not.
     """
     dead = [DeadDoc(str(d.id), "skipped", "empty text") for d in docs if not _has_text(d)]
     keep = [d for d in docs if _has_text(d)]
@@ -118,9 +125,9 @@ def embed_batch(
     rejected: list[DeadDoc] = []
     errors: list[BackfleetError] = []
 
-    def run(part: list[Doc]) -> None:
+    def run(part: list[tuple[Doc, str]]) -> None:
         nonlocal tokens, embedded
-        texts = [d.text or "" for d in part]
+        texts = [t for _, t in part]
         result: EmbedResult | None = None
         failure: BackfleetError | None = None
         for _ in range(SINGLE_DOC_TRIES if len(part) == 1 else 1):
@@ -135,7 +142,7 @@ def embed_batch(
                     bad = set(exc.bad_indexes)
                     for i in sorted(bad):
                         run([part[i]])
-                    run([d for i, d in enumerate(part) if i not in bad])
+                    run([p for i, p in enumerate(part) if i not in bad])
                     return
             except ProviderRejected as exc:
                 result, failure = None, exc
@@ -147,22 +154,32 @@ def embed_batch(
                 return
             assert failure is not None
             errors.append(failure)
-            rejected.append(DeadDoc(str(part[0].id), "rejected", str(failure)))
+            rejected.append(DeadDoc(str(part[0][0].id), "rejected", str(failure)))
             return
-        generation.upsert([d.id for d in part], result.vectors, [text_hash(t) for t in texts],
-                          embedder.identity)
+        generation.upsert([d.id for d, _ in part], result.vectors,
+                          [text_hash(d.text or "") for d, _ in part], embedder.identity)
         tokens += result.tokens
         embedded += len(part)
 
-    if keep:
-        run(keep)
+    counter = getattr(embedder, "token_counter", None)
+    if keep and limits is not None and counter is not None:
+        packed = pack([d.text or "" for d in keep], counter, limits, oversize_policy)
+        for i in packed.truncated:
+            dead.append(DeadDoc(str(keep[i].id), "truncated",
+                                f"truncated to {limits.max_input_tokens} tokens"))
+        for i, reason in packed.rejected:
+            dead.append(DeadDoc(str(keep[i].id), "rejected", reason))
+        for request in packed.requests:
+            run([(keep[i], packed.texts[i]) for i in request])
+    elif keep:
+        run([(d, d.text or "") for d in keep])
     if rejected and embedded == 0 and len(keep) > 1:
         raise errors[-1]
     if rejected:
         log.warning("docs_dead_lettered", count=len(rejected), first=rejected[0].doc_id,
                     reason=rejected[0].reason[:200])
-    return BatchResult(docs=len(docs), tokens=tokens, embedded=embedded, skipped=len(dead),
-                       dead=dead + rejected)
+    return BatchResult(docs=len(docs), tokens=tokens, embedded=embedded,
+                       skipped=sum(1 for d in dead if d.kind == "skipped"), dead=dead + rejected)
 
 
 def _has_text(doc: Doc) -> bool:
@@ -224,6 +241,8 @@ class RangePipeline:
         log.info("range_claimed", migration=migration_id, range=range_id, cursor=claim.cursor,
                  owner=owner)
         throttle = ctx.throttle(migration.target_model)
+        model_cfg = ctx.settings.model(migration.target_model)
+        limits = PackLimits.from_settings(model_cfg)
         docs_total = 0
         try:
             with Heartbeat(ctx.db, claim, cfg.lease_seconds, cfg.heartbeat_seconds) as beat:
@@ -231,7 +250,8 @@ class RangePipeline:
                     checkpoint.mark_read_started(ctx.db, claim, checkpoint.utcnow())
                 for docs in source.iter_batches(claim.lo, claim.hi, claim.cursor, cfg.batch_size):
                     beat.check()
-                    res = embed_batch(docs, embedder, throttle, generation)
+                    res = embed_batch(docs, embedder, throttle, generation, limits=limits,
+                                      oversize_policy=model_cfg.oversize_policy)
                     beat.check()
                     checkpoint.advance(
                         ctx.db, claim, Source.encode_id(docs[-1].id), res.docs, res.tokens,
@@ -245,6 +265,8 @@ class RangePipeline:
             return "lease_lost"
         except ServiceUnavailable as exc:
             log.warning("range_released", migration=migration_id, range=range_id, error=str(exc))
+            if isinstance(exc, VectorStoreUnavailable):
+                ctx.reset_store()
             try:
                 checkpoint.release(ctx.db, claim, str(exc))
             except BackfleetError:
@@ -282,7 +304,10 @@ def reembed_documents(ctx: WorkerContext, migration_id: int, doc_ids: list[str])
     gone = [i for i in wanted if str(i) not in found]
     if gone:
         generation.delete(gone)
-    res = embed_batch(docs, embedder, ctx.throttle(migration.target_model), generation)
+    model_cfg = ctx.settings.model(migration.target_model)
+    res = embed_batch(docs, embedder, ctx.throttle(migration.target_model), generation,
+                      limits=PackLimits.from_settings(model_cfg),
+                      oversize_policy=model_cfg.oversize_policy)
     failed = {d.doc_id for d in res.dead}
     cleared = [i for i in doc_ids if i not in failed]
     with ctx.db.session() as session:

@@ -11,7 +11,7 @@ from typing import Any
 
 from backfleet.logs import get_logger
 from workers.context import WorkerContext
-from backfleet.errors import ServiceUnavailable
+from backfleet.errors import BrokerUnavailable, ServiceUnavailable
 from workers.pipeline import RangePipeline, reembed_documents
 
 log = get_logger("backfleet.tasks")
@@ -49,7 +49,7 @@ def enqueue_documents(app: Any, migration_id: int, doc_ids: list[str]) -> None:
     if app.conf.task_always_eager:
         app.tasks[REEMBED_TASK].apply(kwargs=kwargs)
         return
-    app.send_task(REEMBED_TASK, kwargs=kwargs, queue=app.conf.task_default_queue)
+    _send(app, REEMBED_TASK, kwargs)
 
 
 def enqueue_range(app: Any, migration_id: int, range_id: int) -> None:
@@ -57,8 +57,15 @@ def enqueue_range(app: Any, migration_id: int, range_id: int) -> None:
     if app.conf.task_always_eager:  # the demo: run it here, through the same task code
         app.tasks[BACKFILL_TASK].apply(kwargs={"migration_id": migration_id, "range_id": range_id})
         return
-    app.send_task(
-        BACKFILL_TASK,
-        kwargs={"migration_id": migration_id, "range_id": range_id},
-        queue=app.conf.task_default_queue,
-    )
+    _send(app, BACKFILL_TASK, {"migration_id": migration_id, "range_id": range_id})
+
+
+def _send(app: Any, name: str, kwargs: dict[str, Any]) -> None:
+    """Publish one task; a broker outage becomes :class:`BrokerUnavailable` (retryable)."""
+    try:
+        app.send_task(name, kwargs=kwargs, queue=app.conf.task_default_queue,
+                      retry=True, retry_policy={"max_retries": 2, "interval_start": 0.5,
+                                                "interval_step": 1, "interval_max": 2})
+    except Exception as exc:  # kombu/redis raise many types for one meaning: broker down
+        raise BrokerUnavailable(f"cannot publish {name} to the broker: {exc}",
+                                hint="check Redis (broker_url)") from exc

@@ -154,6 +154,12 @@ class MilvusServer:
         while (port_open(self.port) or port_open(2379)) and time.monotonic() < deadline:
             time.sleep(0.2)
 
+    def outage(self, seconds: float) -> None:
+        """Stop the server for ``seconds``, then start it again on the same port and data."""
+        self.stop()
+        time.sleep(seconds)
+        self._start(120.0)
+
     def close(self) -> None:
         """Stop the server and let the next test session start one."""
         self.stop()
@@ -216,3 +222,38 @@ class WorkerFleet:
             f"--- {p.name} ---\n{p.read_text(errors='replace')[-4000:]}"
             for p in sorted(self.logdir.glob("worker-*.log"))
         )
+
+
+REDIS_START = [
+    "redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379",
+    "--save", "", "--appendonly", "no", "--dir", "/var/lib/redis",
+    "--logfile", "/var/log/redis/ci.log",
+]
+
+
+def restart_redis(down_seconds: float = 2.0) -> None:
+    """Shut the machine's Redis down (it keeps nothing on disk) and start it again."""
+    subprocess.run(["redis-cli", "-p", "6379", "shutdown", "nosave"], capture_output=True,
+                   timeout=30)
+    time.sleep(down_seconds)
+    Path("/var/lib/redis").mkdir(parents=True, exist_ok=True)
+    Path("/var/log/redis").mkdir(parents=True, exist_ok=True)
+    subprocess.run(REDIS_START, check=True, capture_output=True, timeout=30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if redis.Redis.from_url(f"{REDIS_URL}/0").ping():
+                return
+        except redis.RedisError:
+            time.sleep(0.3)
+    raise RuntimeError("redis did not come back")
+
+
+def kill_postgres_backends(dbname: str) -> int:
+    """Terminate every connection to ``dbname`` (what a Postgres restart does to clients)."""
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()", (dbname,)
+        ).fetchall()
+    return len(rows)
