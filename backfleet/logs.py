@@ -32,7 +32,9 @@ def configure_logging(fmt: str = "console", level: str = "INFO", *, stream: Any 
     )
     logging.basicConfig(level=max(lvl, logging.WARNING), stream=stream or sys.stderr)
     for noisy in ("pymilvus", "httpx", "openai", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.CRITICAL if noisy == "pymilvus" else logging.WARNING)
+        logging.getLogger(noisy).setLevel(
+            logging.CRITICAL if noisy == "pymilvus" else logging.WARNING
+        )
 
 
 def get_logger(name: str) -> Any:

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, PrivateAttr, SecretStr, ValidationError, field_validator
-from collections.abc import Mapping
-
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -190,6 +189,7 @@ class _GivenEnvSource(EnvSettingsSource):
         case_sensitive = self.case_sensitive
         return {(k if case_sensitive else k.lower()): v for k, v in self._given.items()}
 
+
 URL_PASSWORD_RE = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^/:@]+:)(?P<pw>[^@/]*)@")
 
 
@@ -233,7 +233,7 @@ def load_settings(
     return settings
 
 
-EXAMPLE_TOML = '''\
+EXAMPLE_TOML = """\
 # backfleet.toml — every setting can also come from the environment:
 # BACKFLEET_<NAME>, with __ between nested names (BACKFLEET_SOURCE__TABLE=docs).
 # Secrets (API keys, the Milvus token) never go in this file: name a variable or a file.
@@ -291,4 +291,4 @@ dimension = 384
 # base_url = "https://api.openai.com/v1"   # or `backfleet fake-provider` to rehearse
 # api_key_env = "OPENAI_API_KEY"            # or api_key_file = "/run/secrets/openai"
 # price_per_million_tokens = 0.02
-'''
+"""

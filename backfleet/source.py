@@ -151,7 +151,9 @@ class Source:
         return int(row[0]), int(row[1])
 
     def count(self, lo: str | None = None, hi: str | None = None) -> int:
-        stmt = select(func.count()).select_from(self.table).where(and_(True, *self._in_range(lo, hi)))
+        stmt = (
+            select(func.count()).select_from(self.table).where(and_(True, *self._in_range(lo, hi)))
+        )
         with self._conn() as conn:
             return int(conn.execute(stmt).scalar_one())
 
@@ -174,9 +176,7 @@ class Source:
 
     # --- reading ------------------------------------------------------------------------
 
-    def batch(
-        self, lo: str | None, hi: str | None, after: str | None, limit: int
-    ) -> list[Doc]:
+    def batch(self, lo: str | None, hi: str | None, after: str | None, limit: int) -> list[Doc]:
         """Up to ``limit`` documents of ``[lo, hi)`` with id > ``after``, in id order."""
         cols = [self.id_col, self.text_col]
         if self.updated_col is not None:
@@ -188,8 +188,7 @@ class Source:
         with self._conn() as conn:
             rows = conn.execute(stmt).all()
         return [
-            Doc(id=row[0], text=row[1], updated_at=row[2] if len(row) > 2 else None)
-            for row in rows
+            Doc(id=row[0], text=row[1], updated_at=row[2] if len(row) > 2 else None) for row in rows
         ]
 
     def iter_batches(

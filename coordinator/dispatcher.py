@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import or_, select, update
 
@@ -32,9 +31,13 @@ def load_migration(db: Database, migration_id: int | None, alias: str | None = N
                     hint="`backfleet status` lists the migrations",
                 )
         else:
-            migration = session.execute(
-                select(Migration).where(Migration.alias == alias).order_by(Migration.id.desc())
-            ).scalars().first()
+            migration = (
+                session.execute(
+                    select(Migration).where(Migration.alias == alias).order_by(Migration.id.desc())
+                )
+                .scalars()
+                .first()
+            )
             if migration is None:
                 raise NotFound(
                     f"no migration for alias {alias!r}", hint="create one with `backfleet plan`"

@@ -24,8 +24,15 @@ TRANSITIONS: dict[str, set[str]] = {
 
 #: States in which a migration still owns its alias (another cannot be planned). A ``live``
 #: migration waiting out its holdover does not block the next one.
-ACTIVE_STATES = (S.PLANNED, S.BACKFILLING, S.CATCHING_UP, S.VERIFIED, S.CANARY, S.PAUSED,
-                 S.ROLLED_BACK)
+ACTIVE_STATES = (
+    S.PLANNED,
+    S.BACKFILLING,
+    S.CATCHING_UP,
+    S.VERIFIED,
+    S.CANARY,
+    S.PAUSED,
+    S.ROLLED_BACK,
+)
 
 
 def transition(
@@ -42,6 +49,11 @@ def transition(
     migration.state = to_state
     migration.updated_at = utcnow()
     record_event(
-        session, migration.id, "migration_state", actor=actor, from_state=current,
-        to_state=to_state, reason=reason,
+        session,
+        migration.id,
+        "migration_state",
+        actor=actor,
+        from_state=current,
+        to_state=to_state,
+        reason=reason,
     )

@@ -28,18 +28,27 @@ RUNNABLE = (MigrationState.BACKFILLING, MigrationState.CATCHING_UP)
 def _locked(session: Any, migration_id: int) -> Migration:
     migration = session.get(Migration, migration_id, with_for_update=True)
     if migration is None:
-        raise NotFound(f"migration {migration_id} does not exist",
-                       hint="`backfleet status` lists the migrations")
+        raise NotFound(
+            f"migration {migration_id} does not exist",
+            hint="`backfleet status` lists the migrations",
+        )
     return migration  # type: ignore[no-any-return]
 
 
 def _release_running(session: Any, migration_id: int, to_state: str) -> int:
     result = session.execute(
         update(Range)
-        .where(Range.migration_id == migration_id,
-               Range.state.in_((RangeState.RUNNING, RangeState.PENDING)))
-        .values(state=to_state, lease_owner=None, lease_token=None, lease_expires_at=None,
-                updated_at=utcnow())
+        .where(
+            Range.migration_id == migration_id,
+            Range.state.in_((RangeState.RUNNING, RangeState.PENDING)),
+        )
+        .values(
+            state=to_state,
+            lease_owner=None,
+            lease_token=None,
+            lease_expires_at=None,
+            updated_at=utcnow(),
+        )
     )
     return int(result.rowcount)
 
@@ -51,8 +60,10 @@ def pause(db: Database, migration_id: int, *, actor: str, reason: str | None = N
         if m.state == MigrationState.PAUSED:
             return "already paused"
         if m.state not in RUNNABLE:
-            raise MigrationStateError(f"migration {migration_id} is {m.state}; only a "
-                                      "backfilling or catching-up migration can be paused")
+            raise MigrationStateError(
+                f"migration {migration_id} is {m.state}; only a "
+                "backfilling or catching-up migration can be paused"
+            )
         resume_to = m.state
         transition(session, m, MigrationState.PAUSED, actor=actor, reason=reason or "pause")
         _release_running(session, migration_id, RangeState.PENDING)
@@ -67,15 +78,19 @@ def resume(db: Database, app: Any, migration_id: int, *, actor: str) -> int:
         if m.state in RUNNABLE:
             pass
         elif m.state != MigrationState.PAUSED:
-            raise MigrationStateError(f"migration {migration_id} is {m.state}; only a paused "
-                                      "migration can be resumed")
+            raise MigrationStateError(
+                f"migration {migration_id} is {m.state}; only a paused migration can be resumed"
+            )
         else:
-            target = session.execute(
-                select(Event.to_state)
-                .where(Event.migration_id == migration_id, Event.kind == "resume_target")
-                .order_by(Event.id.desc())
-                .limit(1)
-            ).scalar() or MigrationState.BACKFILLING
+            target = (
+                session.execute(
+                    select(Event.to_state)
+                    .where(Event.migration_id == migration_id, Event.kind == "resume_target")
+                    .order_by(Event.id.desc())
+                    .limit(1)
+                ).scalar()
+                or MigrationState.BACKFILLING
+            )
             transition(session, m, target, actor=actor, reason="resume")
     return dispatch(db, app, migration_id)
 
@@ -106,24 +121,42 @@ def retry_failed(
                 hint="plan a new migration",
             )
         if range_ids:
-            known = set(session.execute(select(Range.id, Range.state).where(
-                Range.migration_id == migration_id, Range.id.in_(range_ids))).all())
+            known = set(
+                session.execute(
+                    select(Range.id, Range.state).where(
+                        Range.migration_id == migration_id, Range.id.in_(range_ids)
+                    )
+                ).all()
+            )
             known_ids = {r for r, _ in known}
             missing = sorted(set(range_ids) - known_ids)
             if missing:
-                raise NotFound(f"range {', '.join(map(str, missing))} does not exist in "
-                               f"migration {migration_id}", hint="`backfleet status` lists ranges")
+                raise NotFound(
+                    f"range {', '.join(map(str, missing))} does not exist in "
+                    f"migration {migration_id}",
+                    hint="`backfleet status` lists ranges",
+                )
         cond = [Range.migration_id == migration_id, Range.state == RangeState.FAILED]
         if range_ids:
             cond.append(Range.id.in_(range_ids))
-        retried = list(session.execute(
-            update(Range).where(*cond)
-            .values(state=RangeState.PENDING, attempts=0, finished_at=None, updated_at=utcnow())
-            .returning(Range.id)
-        ).scalars())
+        retried = list(
+            session.execute(
+                update(Range)
+                .where(*cond)
+                .values(state=RangeState.PENDING, attempts=0, finished_at=None, updated_at=utcnow())
+                .returning(Range.id)
+            ).scalars()
+        )
         for rid in retried:
-            record_event(session, migration_id, "range_retry_requested", actor=actor,
-                         from_state=RangeState.FAILED, to_state=RangeState.PENDING, range_id=rid)
+            record_event(
+                session,
+                migration_id,
+                "range_retry_requested",
+                actor=actor,
+                from_state=RangeState.FAILED,
+                to_state=RangeState.PENDING,
+                range_id=rid,
+            )
     if retried and m.state in RUNNABLE:
         dispatch(db, app, migration_id)
     log.info("ranges_retried", migration=migration_id, ranges=retried, actor=actor)
@@ -132,8 +165,11 @@ def retry_failed(
 
 def dead_letters(db: Database, migration_id: int, limit: int | None = None) -> list[DeadLetter]:
     with db.session() as session:
-        stmt = select(DeadLetter).where(DeadLetter.migration_id == migration_id).order_by(
-            DeadLetter.id)
+        stmt = (
+            select(DeadLetter)
+            .where(DeadLetter.migration_id == migration_id)
+            .order_by(DeadLetter.id)
+        )
         if limit:
             stmt = stmt.limit(limit)
         rows = list(session.execute(stmt).scalars())
@@ -142,17 +178,28 @@ def dead_letters(db: Database, migration_id: int, limit: int | None = None) -> l
         return rows
 
 
-def retry_dead_letters(db: Database, app: Any, migration_id: int, *, actor: str,
-                       chunk: int = 256) -> int:
+def retry_dead_letters(
+    db: Database, app: Any, migration_id: int, *, actor: str, chunk: int = 256
+) -> int:
     """Send re-embed tasks for the migration's rejected documents (skipped ones stay)."""
     with db.session() as session:
         m = _locked(session, migration_id)
         if m.state in (MigrationState.CANCELLED, MigrationState.FINALIZED):
             raise MigrationStateError(f"migration {migration_id} is {m.state}; nothing to retry")
-        ids = list(session.execute(select(DeadLetter.doc_id).where(
-            DeadLetter.migration_id == migration_id, DeadLetter.kind == "rejected")).scalars())
-        record_event(session, migration_id, "dead_letters_retry", actor=actor,
-                     details={"documents": len(ids)})
+        ids = list(
+            session.execute(
+                select(DeadLetter.doc_id).where(
+                    DeadLetter.migration_id == migration_id, DeadLetter.kind == "rejected"
+                )
+            ).scalars()
+        )
+        record_event(
+            session,
+            migration_id,
+            "dead_letters_retry",
+            actor=actor,
+            details={"documents": len(ids)},
+        )
     for i in range(0, len(ids), chunk):
         enqueue_documents(app, migration_id, ids[i : i + chunk])
     return len(ids)

@@ -89,7 +89,8 @@ def plan_migration(
     docs, chars = source.stats()
     if docs == 0:
         raise PlanError(
-            f"source table {settings.source.table!r} is empty", hint="check source.url and source.table"
+            f"source table {settings.source.table!r} is empty",
+            hint="check source.url and source.table",
         )
     points = [Source.encode_id(p) for p in source.split_points(cfg.range_size)]
     ranges = build_ranges(list(points))
@@ -124,22 +125,49 @@ def plan_migration(
         for seq, (lo, hi) in enumerate(ranges):
             session.add(
                 Range(
-                    migration_id=migration.id, seq=seq, lo=lo, hi=hi,
+                    migration_id=migration.id,
+                    seq=seq,
+                    lo=lo,
+                    hi=hi,
                     planned_docs=cfg.range_size if seq < last else docs - cfg.range_size * last,
-                    state=RangeState.PENDING, cursor=None, attempts=0, docs_done=0,
-                    tokens_used=0, created_at=now, updated_at=now,
+                    state=RangeState.PENDING,
+                    cursor=None,
+                    attempts=0,
+                    docs_done=0,
+                    tokens_used=0,
+                    created_at=now,
+                    updated_at=now,
                 )
             )
         record_event(
-            session, migration.id, "migration_state", actor=actor, from_state=None,
-            to_state=MigrationState.PLANNED, reason=f"plan {model_label} ({identity.tag})",
+            session,
+            migration.id,
+            "migration_state",
+            actor=actor,
+            from_state=None,
+            to_state=MigrationState.PLANNED,
+            reason=f"plan {model_label} ({identity.tag})",
             details={"docs": docs, "ranges": len(ranges), "est_tokens": est_tokens},
         )
         migration_id = migration.id
-    log.info("migration_planned", migration=migration_id, alias=alias, target=target,
-             docs=docs, ranges=len(ranges))
+    log.info(
+        "migration_planned",
+        migration=migration_id,
+        alias=alias,
+        target=target,
+        docs=docs,
+        ranges=len(ranges),
+    )
     return PlanReport(
-        migration_id=migration_id, alias=alias, source_generation=live, target_generation=target,
-        model_tag=identity.tag, docs=docs, ranges=len(ranges), est_tokens=est_tokens,
-        est_cost=est_cost, est_minutes=est_minutes, shadow_bytes=shadow_bytes,
+        migration_id=migration_id,
+        alias=alias,
+        source_generation=live,
+        target_generation=target,
+        model_tag=identity.tag,
+        docs=docs,
+        ranges=len(ranges),
+        est_tokens=est_tokens,
+        est_cost=est_cost,
+        est_minutes=est_minutes,
+        shadow_bytes=shadow_bytes,
     )

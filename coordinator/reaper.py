@@ -38,15 +38,24 @@ def reap_once(db: Database, app: Any, settings: ReaperSettings, queue_depth: int
     cutoff = utcnow() - timedelta(seconds=settings.resend_after_seconds)
     sent = 0
     with db.session() as session:
-        migrations = list(session.execute(
-            select(Migration.id).where(
-                Migration.state.in_((MigrationState.BACKFILLING, MigrationState.CATCHING_UP)))
-        ).scalars())
-        pending = dict(session.execute(
-            select(Range.migration_id, func.count()).where(
-                Range.migration_id.in_(migrations), Range.state == RangeState.PENDING)
-            .group_by(Range.migration_id)
-        ).all()) if migrations else {}
+        migrations = list(
+            session.execute(
+                select(Migration.id).where(
+                    Migration.state.in_((MigrationState.BACKFILLING, MigrationState.CATCHING_UP))
+                )
+            ).scalars()
+        )
+        pending = (
+            dict(
+                session.execute(
+                    select(Range.migration_id, func.count())
+                    .where(Range.migration_id.in_(migrations), Range.state == RangeState.PENDING)
+                    .group_by(Range.migration_id)
+                ).all()
+            )
+            if migrations
+            else {}
+        )
     total_pending = sum(pending.values())
     for mid in migrations:
         # when the queue holds at least one message per pending range, none is lost
@@ -65,12 +74,16 @@ def queue_depth(app: Any) -> int | None:
         return None
 
 
-def supervise(db: Database, app: Any, settings: ReaperSettings, *,
-              stop_after: float | None = None) -> None:
+def supervise(
+    db: Database, app: Any, settings: ReaperSettings, *, stop_after: float | None = None
+) -> None:
     """Run the reaper until interrupted (or for ``stop_after`` seconds)."""
     started = time.monotonic()
-    log.info("supervise_started", interval=settings.interval_seconds,
-             resend_after=settings.resend_after_seconds)
+    log.info(
+        "supervise_started",
+        interval=settings.interval_seconds,
+        resend_after=settings.resend_after_seconds,
+    )
     while stop_after is None or time.monotonic() - started < stop_after:
         try:
             sent = reap_once(db, app, settings, queue_depth(app))

@@ -77,9 +77,18 @@ def migration_status(db: Database, migration_id: int | None, alias: str) -> Migr
     remaining = max(0, migration.total_docs - docs_done)
     eta = (remaining / rate if rate > 0 else None) if open_ranges else 0.0
     return MigrationStatus(
-        migration_id=migration.id, alias=migration.alias, state=migration.state,
+        migration_id=migration.id,
+        alias=migration.alias,
+        state=migration.state,
         source_generation=migration.source_generation,
-        target_generation=migration.target_generation, target_model=migration.target_model,
-        total_docs=migration.total_docs, docs_done=docs_done, tokens_used=tokens, ranges=ranges,
-        docs_per_second=rate, eta_seconds=eta, elapsed_seconds=elapsed, failed=failed,
+        target_generation=migration.target_generation,
+        target_model=migration.target_model,
+        total_docs=migration.total_docs,
+        docs_done=docs_done,
+        tokens_used=tokens,
+        ranges=ranges,
+        docs_per_second=rate,
+        eta_seconds=eta,
+        elapsed_seconds=elapsed,
+        failed=failed,
     )

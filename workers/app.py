@@ -13,9 +13,7 @@ from workers.limits import Throttle
 from workers.tasks import register_tasks
 
 
-def create_app(
-    settings: Settings, *, eager: bool = False, throttle: Throttle | None = None
-) -> Any:
+def create_app(settings: Settings, *, eager: bool = False, throttle: Throttle | None = None) -> Any:
     """A Celery app whose tasks run the range pipeline with ``settings``.
 
     ``eager`` runs tasks in the calling process (the demo: no broker, same pipeline code).
@@ -26,8 +24,9 @@ def create_app(
             "backfill.visibility_timeout_seconds must be longer than backfill.lease_seconds",
             hint="raise backfill.visibility_timeout_seconds (default 21600)",
         )
-    app = Celery("backfleet", broker="memory://" if eager else settings.broker_url,
-                 set_as_current=False)
+    app = Celery(
+        "backfleet", broker="memory://" if eager else settings.broker_url, set_as_current=False
+    )
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,

@@ -14,7 +14,7 @@ from typing import Literal
 from backfleet.db import checkpoint
 from backfleet.db.checkpoint import Claim
 from backfleet.db.session import Database
-from backfleet.embedding.base import EmbedResult, Embedder, validate_vectors
+from backfleet.embedding.base import Embedder, EmbedResult, validate_vectors
 from backfleet.embedding.identity import ModelIdentity
 from backfleet.embedding.packing import OversizePolicy, PackLimits, pack
 from backfleet.errors import (
@@ -132,8 +132,9 @@ def embed_batch(
         failure: BackfleetError | None = None
         for _ in range(SINGLE_DOC_TRIES if len(part) == 1 else 1):
             try:
-                result = call_provider(embedder, throttle, texts, max_attempts=max_attempts,
-                                       max_wait=max_wait)
+                result = call_provider(
+                    embedder, throttle, texts, max_attempts=max_attempts, max_wait=max_wait
+                )
                 validate_vectors(result.vectors, len(texts), embedder.identity.dimension)
                 break
             except InvalidEmbedding as exc:
@@ -156,8 +157,12 @@ def embed_batch(
             errors.append(failure)
             rejected.append(DeadDoc(str(part[0][0].id), "rejected", str(failure)))
             return
-        generation.upsert([d.id for d, _ in part], result.vectors,
-                          [text_hash(d.text or "") for d, _ in part], embedder.identity)
+        generation.upsert(
+            [d.id for d, _ in part],
+            result.vectors,
+            [text_hash(d.text or "") for d, _ in part],
+            embedder.identity,
+        )
         tokens += result.tokens
         embedded += len(part)
 
@@ -165,8 +170,11 @@ def embed_batch(
     if keep and limits is not None and counter is not None:
         packed = pack([d.text or "" for d in keep], counter, limits, oversize_policy)
         for i in packed.truncated:
-            dead.append(DeadDoc(str(keep[i].id), "truncated",
-                                f"truncated to {limits.max_input_tokens} tokens"))
+            dead.append(
+                DeadDoc(
+                    str(keep[i].id), "truncated", f"truncated to {limits.max_input_tokens} tokens"
+                )
+            )
         for i, reason in packed.rejected:
             dead.append(DeadDoc(str(keep[i].id), "rejected", reason))
         for request in packed.requests:
@@ -176,10 +184,19 @@ def embed_batch(
     if rejected and embedded == 0 and len(keep) > 1:
         raise errors[-1]
     if rejected:
-        log.warning("docs_dead_lettered", count=len(rejected), first=rejected[0].doc_id,
-                    reason=rejected[0].reason[:200])
-    return BatchResult(docs=len(docs), tokens=tokens, embedded=embedded,
-                       skipped=sum(1 for d in dead if d.kind == "skipped"), dead=dead + rejected)
+        log.warning(
+            "docs_dead_lettered",
+            count=len(rejected),
+            first=rejected[0].doc_id,
+            reason=rejected[0].reason[:200],
+        )
+    return BatchResult(
+        docs=len(docs),
+        tokens=tokens,
+        embedded=embedded,
+        skipped=sum(1 for d in dead if d.kind == "skipped"),
+        dead=dead + rejected,
+    )
 
 
 def _has_text(doc: Doc) -> bool:
@@ -228,7 +245,9 @@ class RangePipeline:
         try:
             target.require_same(embedder.identity, f"migration {migration_id}")
         except ModelMismatch as exc:
-            log.error("worker_model_mismatch", migration=migration_id, range=range_id, error=str(exc))
+            log.error(
+                "worker_model_mismatch", migration=migration_id, range=range_id, error=str(exc)
+            )
             return "refused"
         generation = ctx.generation(migration.target_generation)
         generation.require_model(embedder.identity)
@@ -236,10 +255,17 @@ class RangePipeline:
         owner = ctx.owner
         claim = checkpoint.claim(ctx.db, range_id, owner, cfg.lease_seconds)
         if claim is None:
-            log.info("range_skipped", migration=migration_id, range=range_id, reason="not claimable")
+            log.info(
+                "range_skipped", migration=migration_id, range=range_id, reason="not claimable"
+            )
             return "skipped"
-        log.info("range_claimed", migration=migration_id, range=range_id, cursor=claim.cursor,
-                 owner=owner)
+        log.info(
+            "range_claimed",
+            migration=migration_id,
+            range=range_id,
+            cursor=claim.cursor,
+            owner=owner,
+        )
         throttle = ctx.throttle(migration.target_model)
         model_cfg = ctx.settings.model(migration.target_model)
         limits = PackLimits.from_settings(model_cfg)
@@ -250,11 +276,21 @@ class RangePipeline:
                     checkpoint.mark_read_started(ctx.db, claim, checkpoint.utcnow())
                 for docs in source.iter_batches(claim.lo, claim.hi, claim.cursor, cfg.batch_size):
                     beat.check()
-                    res = embed_batch(docs, embedder, throttle, generation, limits=limits,
-                                      oversize_policy=model_cfg.oversize_policy)
+                    res = embed_batch(
+                        docs,
+                        embedder,
+                        throttle,
+                        generation,
+                        limits=limits,
+                        oversize_policy=model_cfg.oversize_policy,
+                    )
                     beat.check()
                     checkpoint.advance(
-                        ctx.db, claim, Source.encode_id(docs[-1].id), res.docs, res.tokens,
+                        ctx.db,
+                        claim,
+                        Source.encode_id(docs[-1].id),
+                        res.docs,
+                        res.tokens,
                         cfg.lease_seconds,
                         dead_letters=[(d.doc_id, d.kind, d.reason) for d in res.dead],
                     )
@@ -274,8 +310,9 @@ class RangePipeline:
             return "released"
         except BackfleetError as exc:
             state = checkpoint.fail(ctx.db, claim, f"{type(exc).__name__}: {exc}", cfg.max_attempts)
-            log.error("range_error", migration=migration_id, range=range_id, state=state,
-                      error=str(exc))
+            log.error(
+                "range_error", migration=migration_id, range=range_id, state=state, error=str(exc)
+            )
             return "failed" if state == "failed" else "retry"
         log.info("range_done", migration=migration_id, range=range_id, docs=docs_total)
         return "done"
@@ -305,9 +342,14 @@ def reembed_documents(ctx: WorkerContext, migration_id: int, doc_ids: list[str])
     if gone:
         generation.delete(gone)
     model_cfg = ctx.settings.model(migration.target_model)
-    res = embed_batch(docs, embedder, ctx.throttle(migration.target_model), generation,
-                      limits=PackLimits.from_settings(model_cfg),
-                      oversize_policy=model_cfg.oversize_policy)
+    res = embed_batch(
+        docs,
+        embedder,
+        ctx.throttle(migration.target_model),
+        generation,
+        limits=PackLimits.from_settings(model_cfg),
+        oversize_policy=model_cfg.oversize_policy,
+    )
     failed = {d.doc_id for d in res.dead}
     cleared = [i for i in doc_ids if i not in failed]
     with ctx.db.session() as session:
@@ -321,6 +363,12 @@ def reembed_documents(ctx: WorkerContext, migration_id: int, doc_ids: list[str])
             checkpoint.save_dead_letters(
                 session, migration_id, None, [(d.doc_id, d.kind, d.reason) for d in res.dead]
             )
-    log.info("docs_reembedded", migration=migration_id, docs=len(docs), embedded=res.embedded,
-             dead=len(res.dead), deleted=len(gone))
+    log.info(
+        "docs_reembedded",
+        migration=migration_id,
+        docs=len(docs),
+        embedded=res.embedded,
+        dead=len(res.dead),
+        deleted=len(gone),
+    )
     return res

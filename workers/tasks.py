@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from backfleet.errors import BrokerUnavailable, ServiceUnavailable
 from backfleet.logs import get_logger
 from workers.context import WorkerContext
-from backfleet.errors import BrokerUnavailable, ServiceUnavailable
 from workers.pipeline import RangePipeline, reembed_documents
 
 log = get_logger("backfleet.tasks")
@@ -24,21 +24,38 @@ RETRY_COUNTDOWN_SECONDS = (2, 5, 10, 20, 30)
 def register_tasks(app: Any, ctx: WorkerContext) -> None:
     pipeline = RangePipeline(ctx)
 
-    @app.task(name=BACKFILL_TASK, bind=True, acks_late=True, reject_on_worker_lost=True,
-              ignore_result=True)
+    @app.task(
+        name=BACKFILL_TASK,
+        bind=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        ignore_result=True,
+    )
     def backfill_range(self: Any, migration_id: int, range_id: int) -> str:
         outcome = pipeline.run(migration_id, range_id)
         if outcome in ("released", "retry") and not app.conf.task_always_eager:
             redeliveries = int(self.request.retries or 0)
             countdown = RETRY_COUNTDOWN_SECONDS[min(redeliveries, len(RETRY_COUNTDOWN_SECONDS) - 1)]
-            self.retry(countdown=countdown, max_retries=None, throw=False,
-                       kwargs={"migration_id": migration_id, "range_id": range_id})
+            self.retry(
+                countdown=countdown,
+                max_retries=None,
+                throw=False,
+                kwargs={"migration_id": migration_id, "range_id": range_id},
+            )
             log.info("range_requeued", migration=migration_id, range=range_id, countdown=countdown)
         return outcome
 
-    @app.task(name=REEMBED_TASK, bind=True, acks_late=True, reject_on_worker_lost=True,
-              ignore_result=True, autoretry_for=(ServiceUnavailable,), retry_backoff=2,
-              retry_backoff_max=30, max_retries=None)
+    @app.task(
+        name=REEMBED_TASK,
+        bind=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        ignore_result=True,
+        autoretry_for=(ServiceUnavailable,),
+        retry_backoff=2,
+        retry_backoff_max=30,
+        max_retries=None,
+    )
     def reembed_documents_task(self: Any, migration_id: int, doc_ids: list[str]) -> int:
         return reembed_documents(ctx, migration_id, doc_ids).embedded
 
@@ -63,9 +80,19 @@ def enqueue_range(app: Any, migration_id: int, range_id: int) -> None:
 def _send(app: Any, name: str, kwargs: dict[str, Any]) -> None:
     """Publish one task; a broker outage becomes :class:`BrokerUnavailable` (retryable)."""
     try:
-        app.send_task(name, kwargs=kwargs, queue=app.conf.task_default_queue,
-                      retry=True, retry_policy={"max_retries": 2, "interval_start": 0.5,
-                                                "interval_step": 1, "interval_max": 2})
+        app.send_task(
+            name,
+            kwargs=kwargs,
+            queue=app.conf.task_default_queue,
+            retry=True,
+            retry_policy={
+                "max_retries": 2,
+                "interval_start": 0.5,
+                "interval_step": 1,
+                "interval_max": 2,
+            },
+        )
     except Exception as exc:  # kombu/redis raise many types for one meaning: broker down
-        raise BrokerUnavailable(f"cannot publish {name} to the broker: {exc}",
-                                hint="check Redis (broker_url)") from exc
+        raise BrokerUnavailable(
+            f"cannot publish {name} to the broker: {exc}", hint="check Redis (broker_url)"
+        ) from exc

@@ -34,7 +34,11 @@ from workers.limits import NullThrottle
 from workers.pipeline import embed_batch
 
 ACTOR = "demo"
-QUERIES = ["refund for a duplicate card charge", "reset my login password", "parcel stuck in customs"]
+QUERIES = [
+    "refund for a duplicate card charge",
+    "reset my login password",
+    "parcel stuck in customs",
+]
 
 
 def demo_settings(workdir: Path, docs: int) -> Settings:
@@ -44,11 +48,17 @@ def demo_settings(workdir: Path, docs: int) -> Settings:
         alias="demo_docs",
         target_model="local-v2",
         source=SourceSettings(
-            url=f"sqlite:///{workdir / 'source.db'}", table="documents",
+            url=f"sqlite:///{workdir / 'source.db'}",
+            table="documents",
             updated_at_column="updated_at",
         ),
-        backfill=BackfillSettings(range_size=max(100, docs // 8), batch_size=128,
-                                  index_type="FLAT", heartbeat_seconds=5, lease_seconds=60),
+        backfill=BackfillSettings(
+            range_size=max(100, docs // 8),
+            batch_size=128,
+            index_type="FLAT",
+            heartbeat_seconds=5,
+            lease_seconds=60,
+        ),
         log_level="WARNING",
     )
 
@@ -58,7 +68,9 @@ def seed_live_generation(
 ) -> Generation:
     """The index production serves before the migration: every document embedded with v1."""
     embedder = embedder_for(settings, label)
-    name = generation_name(settings.alias, embedder.identity, store.next_generation_number(settings.alias))
+    name = generation_name(
+        settings.alias, embedder.identity, store.next_generation_number(settings.alias)
+    )
     gen = store.create_generation(name, settings.alias, embedder.identity, source.id_type, "FLAT")
     for docs in source.iter_batches(None, None, None, settings.backfill.batch_size):
         embed_batch(docs, embedder, NullThrottle(), gen)
@@ -66,8 +78,9 @@ def seed_live_generation(
     return gen
 
 
-def search_table(store: VectorStore, settings: Settings, gens: dict[str, tuple[Generation, str]],
-                 source: Source) -> Table:
+def search_table(
+    store: VectorStore, settings: Settings, gens: dict[str, tuple[Generation, str]], source: Source
+) -> Table:
     table = Table(title="the same queries, each embedded with its own generation's model")
     table.add_column("query")
     for title in gens:
@@ -77,8 +90,15 @@ def search_table(store: VectorStore, settings: Settings, gens: dict[str, tuple[G
         for gen, label in gens.values():
             vec = embedder_for(settings, label).embed([q]).vectors
             hits = gen.search(np.asarray(vec), 3)[0]
-            topics = [d.text.split()[1] if d.text else "?" for d in source.fetch([h["id"] for h in hits])]
-            cells.append(", ".join(f"#{h['id']} {t} {h['distance']:.2f}" for h, t in zip(hits, topics, strict=False)))
+            topics = [
+                d.text.split()[1] if d.text else "?" for d in source.fetch([h["id"] for h in hits])
+            ]
+            cells.append(
+                ", ".join(
+                    f"#{h['id']} {t} {h['distance']:.2f}"
+                    for h, t in zip(hits, topics, strict=False)
+                )
+            )
         table.add_row(*cells)
     return table
 
@@ -114,11 +134,15 @@ def _run(console: Console, docs: int, work: Path) -> None:
 
     console.rule("1. production today: alias served by a v1 generation")
     live = seed_live_generation(settings, store, source, "local-v1")
-    console.print(f"alias {settings.alias} → {live.name} ({live.identity.tag}), {live.count():,} rows")
+    console.print(
+        f"alias {settings.alias} → {live.name} ({live.identity.tag}), {live.count():,} rows"
+    )
 
     console.rule("2. backfleet plan (target model local-v2)")
     embedder = embedder_for(settings, "local-v2")
-    report = plan_migration(settings, db, store, source, embedder, model_label="local-v2", actor=ACTOR)
+    report = plan_migration(
+        settings, db, store, source, embedder, model_label="local-v2", actor=ACTOR
+    )
     console.print(plan_table(report))
 
     console.rule("3. backfleet start: the Celery range tasks run (in-process here)")
@@ -128,16 +152,28 @@ def _run(console: Console, docs: int, work: Path) -> None:
 
     def run_fleet() -> None:
         try:
-            start_migration(db, store, app, report.migration_id, actor=ACTOR,
-                            index_type=settings.backfill.index_type)
+            start_migration(
+                db,
+                store,
+                app,
+                report.migration_id,
+                actor=ACTOR,
+                index_type=settings.backfill.index_type,
+            )
         except BaseException as exc:  # shown below, after the progress bar stops
             errors.append(exc)
         finally:
             done.set()
 
     thread = threading.Thread(target=run_fleet, daemon=True)
-    with Progress(TextColumn("backfill"), BarColumn(), MofNCompleteColumn(), TextColumn("docs"),
-                  TimeElapsedColumn(), console=console) as progress:
+    with Progress(
+        TextColumn("backfill"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("docs"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
         task = progress.add_task("backfill", total=report.docs)
         thread.start()
         while not done.wait(0.2):
@@ -153,15 +189,28 @@ def _run(console: Console, docs: int, work: Path) -> None:
     console.rule("4. check: the shadow holds every document once, with the v2 model tag")
     shadow = store.open_generation(report.target_generation)
     count = shadow.count()
-    tags = {row["model"] for batch in shadow.scan(None, None, fields=("id", "model")) for row in batch}
-    console.print(f"shadow {shadow.name}: {count:,} rows (source {docs:,}); model tags {sorted(tags)}")
-    console.print(f"alias {settings.alias} still → {store.resolve_alias(settings.alias)} (untouched)")
+    tags = {
+        row["model"] for batch in shadow.scan(None, None, fields=("id", "model")) for row in batch
+    }
+    console.print(
+        f"shadow {shadow.name}: {count:,} rows (source {docs:,}); model tags {sorted(tags)}"
+    )
+    console.print(
+        f"alias {settings.alias} still → {store.resolve_alias(settings.alias)} (untouched)"
+    )
     if count != docs or tags != {shadow.identity.tag}:
         raise SystemExit("demo check failed: the shadow does not match the source")
 
     console.rule("5. each generation answers with its own model")
-    console.print(search_table(store, settings, {
-        f"live {live.name}": (live, "local-v1"),
-        f"shadow {shadow.name}": (shadow, "local-v2"),
-    }, source))
+    console.print(
+        search_table(
+            store,
+            settings,
+            {
+                f"live {live.name}": (live, "local-v1"),
+                f"shadow {shadow.name}": (shadow, "local-v2"),
+            },
+            source,
+        )
+    )
     store.close()

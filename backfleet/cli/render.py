@@ -36,8 +36,9 @@ def human_duration(seconds: float | None) -> str:
 
 
 def plan_table(report: PlanReport) -> Table:
-    table = Table(title=f"plan: migration {report.migration_id} of alias {report.alias}",
-                  show_header=False)
+    table = Table(
+        title=f"plan: migration {report.migration_id} of alias {report.alias}", show_header=False
+    )
     table.add_column("what", style="bold")
     table.add_column("value")
     table.add_row("live generation", report.source_generation or "(none: first build)")
@@ -80,7 +81,9 @@ def throttle_table(st: Any) -> Table:
     eff_rpm = f"{st.effective_rpm:,.0f}" if st.effective_rpm is not None else "?"
     eff_tpm = f"{st.effective_tpm:,.0f}" if st.effective_tpm is not None else "?"
     table.add_row("effective", f"{eff_rpm} RPM, {eff_tpm} TPM (adaptive factor {st.factor:.2f})")
-    table.add_row("paused", "yes — `backfleet throttle --resume` releases it" if st.paused else "no")
+    table.add_row(
+        "paused", "yes — `backfleet throttle --resume` releases it" if st.paused else "no"
+    )
     if st.cooldown_remaining > 0:
         table.add_row("429 cool-down", f"{st.cooldown_remaining:.1f} s left")
     return table

@@ -106,7 +106,12 @@ def claim(db: Database, range_id: int, owner: str, lease_seconds: float) -> Clai
             updated_at=now,
         )
         .returning(
-            Range.id, Range.migration_id, Range.lo, Range.hi, Range.cursor, Range.attempts,
+            Range.id,
+            Range.migration_id,
+            Range.lo,
+            Range.hi,
+            Range.cursor,
+            Range.attempts,
             Range.docs_done,
         )
     )
@@ -115,12 +120,24 @@ def claim(db: Database, range_id: int, owner: str, lease_seconds: float) -> Clai
         if row is None:
             return None
         record_event(
-            session, row.migration_id, "range_claimed", actor=owner, from_state=None,
-            to_state=RangeState.RUNNING, range_id=range_id,
+            session,
+            row.migration_id,
+            "range_claimed",
+            actor=owner,
+            from_state=None,
+            to_state=RangeState.RUNNING,
+            range_id=range_id,
         )
     return Claim(
-        range_id=row.id, migration_id=row.migration_id, lo=row.lo, hi=row.hi, cursor=row.cursor,
-        token=token, owner=owner, attempts=row.attempts, docs_done=row.docs_done,
+        range_id=row.id,
+        migration_id=row.migration_id,
+        lo=row.lo,
+        hi=row.hi,
+        cursor=row.cursor,
+        token=token,
+        owner=owner,
+        attempts=row.attempts,
+        docs_done=row.docs_done,
     )
 
 
@@ -191,8 +208,16 @@ def save_dead_letters(
     """Insert or refresh dead letters (one row per document and migration)."""
     now = utcnow()
     values = [
-        {"migration_id": migration_id, "range_id": range_id, "doc_id": doc_id, "kind": kind,
-         "reason": reason[:2000], "attempts": 1, "created_at": now, "updated_at": now}
+        {
+            "migration_id": migration_id,
+            "range_id": range_id,
+            "doc_id": doc_id,
+            "kind": kind,
+            "reason": reason[:2000],
+            "attempts": 1,
+            "created_at": now,
+            "updated_at": now,
+        }
         for doc_id, kind, reason in rows
     ]
     dialect = session.get_bind().dialect.name
@@ -203,8 +228,12 @@ def save_dead_letters(
     stmt = dialect_insert(DeadLetter).values(values)
     stmt = stmt.on_conflict_do_update(
         index_elements=["migration_id", "doc_id"],
-        set_={"kind": stmt.excluded.kind, "reason": stmt.excluded.reason,
-              "attempts": DeadLetter.attempts + 1, "updated_at": now},
+        set_={
+            "kind": stmt.excluded.kind,
+            "reason": stmt.excluded.reason,
+            "attempts": DeadLetter.attempts + 1,
+            "updated_at": now,
+        },
     )
     session.execute(stmt)
 
@@ -217,15 +246,27 @@ def complete(db: Database, claim_: Claim) -> None:
             update(Range)
             .where(_fenced(claim_.range_id, claim_.token))
             .values(
-                state=RangeState.DONE, lease_owner=None, lease_token=None, lease_expires_at=None,
-                finished_at=now, updated_at=now, last_error=None,
+                state=RangeState.DONE,
+                lease_owner=None,
+                lease_token=None,
+                lease_expires_at=None,
+                finished_at=now,
+                updated_at=now,
+                last_error=None,
             )
         )
         if not result.rowcount:  # type: ignore[attr-defined]
-            raise LeaseLost(f"range {claim_.range_id}: lease of {claim_.owner} was lost; not completed")
+            raise LeaseLost(
+                f"range {claim_.range_id}: lease of {claim_.owner} was lost; not completed"
+            )
         record_event(
-            session, claim_.migration_id, "range_done", actor=claim_.owner,
-            from_state=RangeState.RUNNING, to_state=RangeState.DONE, range_id=claim_.range_id,
+            session,
+            claim_.migration_id,
+            "range_done",
+            actor=claim_.owner,
+            from_state=RangeState.RUNNING,
+            to_state=RangeState.DONE,
+            range_id=claim_.range_id,
         )
 
 
@@ -237,16 +278,25 @@ def release(db: Database, claim_: Claim, reason: str) -> bool:
             update(Range)
             .where(_fenced(claim_.range_id, claim_.token))
             .values(
-                state=RangeState.PENDING, lease_owner=None, lease_token=None,
-                lease_expires_at=None, last_error=reason[:2000], updated_at=now,
+                state=RangeState.PENDING,
+                lease_owner=None,
+                lease_token=None,
+                lease_expires_at=None,
+                last_error=reason[:2000],
+                updated_at=now,
             )
         )
         ok = bool(result.rowcount)  # type: ignore[attr-defined]
         if ok:
             record_event(
-                session, claim_.migration_id, "range_released", actor=claim_.owner,
-                from_state=RangeState.RUNNING, to_state=RangeState.PENDING,
-                range_id=claim_.range_id, reason=reason[:500],
+                session,
+                claim_.migration_id,
+                "range_released",
+                actor=claim_.owner,
+                from_state=RangeState.RUNNING,
+                to_state=RangeState.PENDING,
+                range_id=claim_.range_id,
+                reason=reason[:500],
             )
         return ok
 
@@ -269,15 +319,25 @@ def fail(db: Database, claim_: Claim, error: str, max_attempts: int) -> str | No
             update(Range)
             .where(_fenced(claim_.range_id, claim_.token))
             .values(
-                state=new_state, attempts=attempts, last_error=error[:2000], lease_owner=None,
-                lease_token=None, lease_expires_at=None, updated_at=now,
+                state=new_state,
+                attempts=attempts,
+                last_error=error[:2000],
+                lease_owner=None,
+                lease_token=None,
+                lease_expires_at=None,
+                updated_at=now,
                 finished_at=now if new_state == RangeState.FAILED else None,
             )
         )
         record_event(
-            session, claim_.migration_id, "range_failed" if new_state == RangeState.FAILED
-            else "range_retry", actor=claim_.owner, from_state=RangeState.RUNNING,
-            to_state=new_state, range_id=claim_.range_id, reason=error[:500],
+            session,
+            claim_.migration_id,
+            "range_failed" if new_state == RangeState.FAILED else "range_retry",
+            actor=claim_.owner,
+            from_state=RangeState.RUNNING,
+            to_state=new_state,
+            range_id=claim_.range_id,
+            reason=error[:500],
             details={"attempts": attempts},
         )
         return new_state

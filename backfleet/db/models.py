@@ -5,7 +5,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -53,6 +64,12 @@ class Migration(Base):
     total_docs: Mapped[int] = mapped_column(BigInteger, default=0)
     est_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     settings_snapshot: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: share of routed queries (0–100) the shadow answers while in canary
+    canary_percent: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    #: when the alias was swapped to the target (holdover counts from here)
+    cutover_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: spending cap in USD for this migration (None: no cap)
+    budget_usd: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
@@ -89,9 +106,7 @@ class DeadLetter(Base):
     """A document that could not be embedded (isolated from its batch), or was skipped."""
 
     __tablename__ = "bf_dead_letters"
-    __table_args__ = (
-        Index("ux_bf_dead_letters_doc", "migration_id", "doc_id", unique=True),
-    )
+    __table_args__ = (Index("ux_bf_dead_letters_doc", "migration_id", "doc_id", unique=True),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     migration_id: Mapped[int] = mapped_column(ForeignKey("bf_migrations.id", ondelete="CASCADE"))
@@ -102,6 +117,66 @@ class DeadLetter(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class CatchupPass(Base):
+    """One catch-up pass: the changes it found and applied."""
+
+    __tablename__ = "bf_catchup_passes"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    migration_id: Mapped[int] = mapped_column(
+        ForeignKey("bf_migrations.id", ondelete="CASCADE"), index=True
+    )
+    pass_no: Mapped[int] = mapped_column(Integer)
+    changed: Mapped[int] = mapped_column(BigInteger, default=0)
+    created: Mapped[int] = mapped_column(BigInteger, default=0)
+    deleted: Mapped[int] = mapped_column(BigInteger, default=0)
+    applied: Mapped[int] = mapped_column(BigInteger, default=0)
+    settled: Mapped[bool] = mapped_column(Boolean, default=False)
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Reconcile(Base):
+    """One reconcile run of a generation against the source: the cutover gate reads it."""
+
+    __tablename__ = "bf_reconciles"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    migration_id: Mapped[int] = mapped_column(
+        ForeignKey("bf_migrations.id", ondelete="CASCADE"), index=True
+    )
+    generation: Mapped[str] = mapped_column(String(255))
+    clean: Mapped[bool] = mapped_column(Boolean)
+    source_docs: Mapped[int] = mapped_column(BigInteger, default=0)
+    generation_rows: Mapped[int] = mapped_column(BigInteger, default=0)
+    missing: Mapped[int] = mapped_column(BigInteger, default=0)
+    extra: Mapped[int] = mapped_column(BigInteger, default=0)
+    duplicated: Mapped[int] = mapped_column(BigInteger, default=0)
+    stale: Mapped[int] = mapped_column(BigInteger, default=0)
+    wrong_model: Mapped[int] = mapped_column(BigInteger, default=0)
+    corrupted: Mapped[int] = mapped_column(BigInteger, default=0)
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Evaluation(Base):
+    """One golden-set evaluation of live against shadow: the cutover gate reads its verdict."""
+
+    __tablename__ = "bf_evaluations"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    migration_id: Mapped[int] = mapped_column(
+        ForeignKey("bf_migrations.id", ondelete="CASCADE"), index=True
+    )
+    golden: Mapped[str] = mapped_column(Text)
+    queries: Mapped[int] = mapped_column(Integer)
+    verdict: Mapped[str] = mapped_column(String(8))  # "GO" | "NO-GO"
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class Event(Base):

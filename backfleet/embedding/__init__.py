@@ -1,6 +1,6 @@
 """Embedding models: the protocol, implementations, identities and fingerprints."""
 
-from backfleet.embedding.base import EmbedResult, Embedder
+from backfleet.embedding.base import Embedder, EmbedResult
 from backfleet.embedding.identity import ModelIdentity
 
 __all__ = ["EmbedResult", "Embedder", "ModelIdentity"]

@@ -34,7 +34,9 @@ class ModelIdentity:
     @property
     def tag(self) -> str:
         """The model tag stored on every row: short, unique per identity."""
-        return f"{self.provider}:{self.name}@{self.version}/{self.dimension}#{self.fingerprint[:12]}"
+        return (
+            f"{self.provider}:{self.name}@{self.version}/{self.dimension}#{self.fingerprint[:12]}"
+        )
 
     @property
     def slug(self) -> str:

@@ -101,16 +101,23 @@ class Generation:
                 "text_hash": th,
                 "embedded_at": now_ms,
             }
-            for ident, vec, th in zip(ids, vectors.astype(np.float32).tolist(), text_hashes, strict=True)
+            for ident, vec, th in zip(
+                ids, vectors.astype(np.float32).tolist(), text_hashes, strict=True
+            )
         ]
-        call(f"upsert into {self.name}", lambda: self.client.upsert(self.name, rows, timeout=TIMEOUT))
+        call(
+            f"upsert into {self.name}", lambda: self.client.upsert(self.name, rows, timeout=TIMEOUT)
+        )
         return len(rows)
 
     def delete(self, ids: Sequence[int | str]) -> None:
         if not ids:
             return
         expr = f"id in [{', '.join(id_literal(i) for i in ids)}]"
-        call(f"delete from {self.name}", lambda: self.client.delete(self.name, filter=expr, timeout=TIMEOUT))
+        call(
+            f"delete from {self.name}",
+            lambda: self.client.delete(self.name, filter=expr, timeout=TIMEOUT),
+        )
 
     def count(self, lo: int | str | None = None, hi: int | str | None = None) -> int:
         """``count(*)`` at Strong consistency (never collection statistics)."""
@@ -163,7 +170,9 @@ class Generation:
         return list(
             call(
                 f"get from {self.name}",
-                lambda: self.client.get(self.name, ids=list(ids), output_fields=list(fields), timeout=TIMEOUT),
+                lambda: self.client.get(
+                    self.name, ids=list(ids), output_fields=list(fields), timeout=TIMEOUT
+                ),
             )
         )
 

@@ -22,7 +22,6 @@ from backfleet.vectorstore.generation import (
 )
 
 
-
 def _quiet_pymilvus() -> None:
     """pymilvus logs every RPC error with a traceback on its own handlers (configured at its
     import); backfleet converts each failure once and logs it as an event instead."""

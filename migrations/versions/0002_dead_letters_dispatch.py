@@ -23,8 +23,12 @@ def upgrade() -> None:
         batch.add_column(sa.Column("dispatched_at", TS, nullable=True))
     op.create_table(
         "bf_dead_letters",
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True,
-                  autoincrement=True),
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            primary_key=True,
+            autoincrement=True,
+        ),
         sa.Column(
             "migration_id",
             sa.BigInteger().with_variant(sa.Integer(), "sqlite"),

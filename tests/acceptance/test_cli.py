@@ -21,9 +21,17 @@ pytestmark = pytest.mark.acceptance
 BIN = Path(sys.executable).parent / "backfleet"
 
 
-def run(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN), *args], env={**os.environ, **env}, cwd=cwd, text=True,
-                          capture_output=True, timeout=timeout)
+def run(
+    args: list[str], env: dict[str, str], cwd: Path, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN), *args],
+        env={**os.environ, **env},
+        cwd=cwd,
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture
@@ -34,9 +42,14 @@ def pg_url() -> Iterator[str]:
 
 @pytest.fixture
 def env(pg_url: str, milvus_uri: str) -> dict[str, str]:
-    s = make_settings(pg_url=pg_url, redis_url=redis_db_url(11), milvus_uri=milvus_uri,
-                      backfill=BackfillSettings(range_size=500, batch_size=100, lease_seconds=20,
-                                                heartbeat_seconds=3, queue="bf_accept"))
+    s = make_settings(
+        pg_url=pg_url,
+        redis_url=redis_db_url(11),
+        milvus_uri=milvus_uri,
+        backfill=BackfillSettings(
+            range_size=500, batch_size=100, lease_seconds=20, heartbeat_seconds=3, queue="bf_accept"
+        ),
+    )
     seed_source(make_engine(pg_url), 2000)
     return settings_env(s)
 
@@ -71,11 +84,14 @@ def test_full_flow_plan_start_worker_status(env: dict[str, str], tmp_path: Path)
     fleet = WorkerFleet(env, tmp_path)
     fleet.start(1, concurrency=2)
     try:
+
         def done() -> bool:
             st = json.loads(run(["status", "--json"], env, tmp_path).stdout)
             return bool(st["ranges"]["done"] == 4)
 
-        wait_for(done, 180, "the CLI-started migration to finish", interval=1, on_timeout=fleet.logs)
+        wait_for(
+            done, 180, "the CLI-started migration to finish", interval=1, on_timeout=fleet.logs
+        )
     finally:
         fleet.stop()
     st = json.loads(run(["status", "--json"], env, tmp_path).stdout)
@@ -94,7 +110,9 @@ def test_bad_source_settings_are_one_clear_line(env: dict[str, str], tmp_path: P
     assert "source table 'nope' does not exist" in msg and "source.table" in msg
     msg = one_error_line(run(["plan"], {**env, "BACKFLEET_SOURCE__TEXT_COLUMN": "body"}, tmp_path))
     assert "column 'body' not found" in msg and "source.text_column" in msg
-    msg = one_error_line(run(["plan"], {**env, "BACKFLEET_SOURCE__TABLE": "x;drop table documents"}, tmp_path))
+    msg = one_error_line(
+        run(["plan"], {**env, "BACKFLEET_SOURCE__TABLE": "x;drop table documents"}, tmp_path)
+    )
     assert "not a plain SQL identifier" in msg
     msg = one_error_line(run(["plan", "--model", "nope"], env, tmp_path))
     assert "unknown model label 'nope'" in msg
@@ -110,7 +128,9 @@ def test_unreachable_services_and_unknown_ids(env: dict[str, str], tmp_path: Pat
     msg = one_error_line(run(["status", "--migration", "42"], env, tmp_path))
     assert "migration 42 does not exist" in msg
     assert run(["plan"], env, tmp_path).returncode == 0
-    msg = one_error_line(run(["start"], {**env, "BACKFLEET_BROKER_URL": "redis://127.0.0.1:1/0"}, tmp_path))
+    msg = one_error_line(
+        run(["start"], {**env, "BACKFLEET_BROKER_URL": "redis://127.0.0.1:1/0"}, tmp_path)
+    )
     assert "cannot reach the broker" in msg
 
 
@@ -127,8 +147,12 @@ def test_generation_model_mismatch_refused(env: dict[str, str], tmp_path: Path) 
     fleet = WorkerFleet(changed, tmp_path)
     fleet.start(1, concurrency=1)
     try:
-        wait_for(lambda: "worker_model_mismatch" in fleet.logs(), 60, "the worker to refuse",
-                 on_timeout=fleet.logs)
+        wait_for(
+            lambda: "worker_model_mismatch" in fleet.logs(),
+            60,
+            "the worker to refuse",
+            on_timeout=fleet.logs,
+        )
     finally:
         fleet.stop()
     st = json.loads(run(["status", "--json"], env, tmp_path).stdout)

@@ -64,9 +64,13 @@ def provider() -> Iterator[RehearsalServer]:
         server.stop()
 
 
-def test_chaos_backfill_loses_nothing(milvus_server: MilvusServer | None, milvus_uri: str,
-                                      provider: RehearsalServer, tmp_path: Path,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_chaos_backfill_loses_nothing(
+    milvus_server: MilvusServer | None,
+    milvus_uri: str,
+    provider: RehearsalServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     if milvus_server is None:
         pytest.skip("the chaos suite stops and starts the Milvus server it owns")
     monkeypatch.chdir(tmp_path)
@@ -74,17 +78,33 @@ def test_chaos_backfill_loses_nothing(milvus_server: MilvusServer | None, milvus
     faults: list[str] = []
     with postgres_database("bfchaos") as pg:
         dbname = pg.rsplit("/", 1)[1]
-        model = ModelSettings(provider="openai", name="text-embedding-3-small", version="1",
-                              dimension=64, send_dimensions=True, base_url=provider.url,
-                              api_key_env="REHEARSAL_API_KEY", timeout_seconds=10)
+        model = ModelSettings(
+            provider="openai",
+            name="text-embedding-3-small",
+            version="1",
+            dimension=64,
+            send_dimensions=True,
+            base_url=provider.url,
+            api_key_env="REHEARSAL_API_KEY",
+            timeout_seconds=10,
+        )
         settings = make_settings(
-            pg_url=pg, redis_url=redis_db_url(8), milvus_uri=milvus_uri,
-            backfill=BackfillSettings(range_size=1000, batch_size=50, lease_seconds=10,
-                                      heartbeat_seconds=3, max_attempts=50,
-                                      reap_interval_seconds=2, resend_after_seconds=15,
-                                      queue="bfchaos"),
+            pg_url=pg,
+            redis_url=redis_db_url(8),
+            milvus_uri=milvus_uri,
+            backfill=BackfillSettings(
+                range_size=1000,
+                batch_size=50,
+                lease_seconds=10,
+                heartbeat_seconds=3,
+                max_attempts=50,
+                reap_interval_seconds=2,
+                resend_after_seconds=15,
+                queue="bfchaos",
+            ),
             throttle=ThrottleSettings(rpm=420, tpm=10_000_000),
-            models={"rehearsal": model}, target_model="rehearsal",
+            models={"rehearsal": model},
+            target_model="rehearsal",
         )
         os.environ["REHEARSAL_API_KEY"] = "sk-rehearsal"
         env = {**settings_env(settings), "REHEARSAL_API_KEY": "sk-rehearsal"}
@@ -98,16 +118,22 @@ def test_chaos_backfill_loses_nothing(milvus_server: MilvusServer | None, milvus
 
         full = load_settings(None, environ=env)  # what the workers load: the API key resolved
         emb = embedder_for(full, "rehearsal")
-        report = plan_migration(full, db, store, source, emb, model_label="rehearsal", actor="chaos")
+        report = plan_migration(
+            full, db, store, source, emb, model_label="rehearsal", actor="chaos"
+        )
         mid = report.migration_id
         app = create_app(full)
         start_migration(db, store, app, mid, actor="chaos", index_type="HNSW")
 
         fleet = WorkerFleet(env, tmp_path)
         fleet.start(WORKERS, concurrency=1)
-        supervisor = subprocess.Popen([str(BIN), "supervise"], env={**os.environ, **env},
-                                      stdout=open(tmp_path / "supervise.log", "ab"),  # noqa: SIM115
-                                      stderr=subprocess.STDOUT, start_new_session=True)
+        supervisor = subprocess.Popen(
+            [str(BIN), "supervise"],
+            env={**os.environ, **env},
+            stdout=open(tmp_path / "supervise.log", "ab"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
         def status() -> Any:
             for _ in range(30):
@@ -151,12 +177,19 @@ def test_chaos_backfill_loses_nothing(milvus_server: MilvusServer | None, milvus
                             milvus_server.outage(10)
                         faults.append(f"t={now:5.1f}s {kind}")
                 if now > 480:
-                    raise AssertionError("chaos backfill did not finish in 8 minutes\n" + fleet.logs())
+                    raise AssertionError(
+                        "chaos backfill did not finish in 8 minutes\n" + fleet.logs()
+                    )
                 time.sleep(0.5)
             st = status()
             if st.ranges["failed"]:
-                out = subprocess.run([str(BIN), "retry-failed"], env={**os.environ, **env},
-                                     capture_output=True, text=True, timeout=60)
+                out = subprocess.run(
+                    [str(BIN), "retry-failed"],
+                    env={**os.environ, **env},
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
                 faults.append(f"retry-failed: {out.stdout.strip()}")
                 wait_for(finished, 240, "retried ranges", on_timeout=fleet.logs)
         finally:
@@ -185,16 +218,26 @@ def test_chaos_backfill_loses_nothing(milvus_server: MilvusServer | None, milvus
         with db.session() as s:
             ranges = list(s.execute(select(Range).where(Range.migration_id == mid)).scalars())
         range_mismatch = [
-            (r.id, source.count(r.lo, r.hi), gen.count(
-                int(r.lo) if r.lo else None, int(r.hi) if r.hi else None))
+            (
+                r.id,
+                source.count(r.lo, r.hi),
+                gen.count(int(r.lo) if r.lo else None, int(r.hi) if r.hi else None),
+            )
             for r in ranges
-            if source.count(r.lo, r.hi) != gen.count(int(r.lo) if r.lo else None,
-                                                      int(r.hi) if r.hi else None)
+            if source.count(r.lo, r.hi)
+            != gen.count(int(r.lo) if r.lo else None, int(r.hi) if r.hi else None)
         ]
         final = {
-            "source_docs": len(texts), "generation_rows": gen.count(), "distinct_ids": len(seen),
-            "duplicates": duplicates, "missing": missing, "extra": extra, "bad_model_tag": bad_tag,
-            "bad_text_hash": bad_hash, "ranges": len(ranges), "range_count_mismatches": range_mismatch,
+            "source_docs": len(texts),
+            "generation_rows": gen.count(),
+            "distinct_ids": len(seen),
+            "duplicates": duplicates,
+            "missing": missing,
+            "extra": extra,
+            "bad_model_tag": bad_tag,
+            "bad_text_hash": bad_hash,
+            "ranges": len(ranges),
+            "range_count_mismatches": range_mismatch,
             "provider": {k: v for k, v in provider.stats().items() if isinstance(v, int | float)},
             "seconds": round(time.monotonic() - t0, 1),
         }

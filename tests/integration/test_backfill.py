@@ -35,8 +35,9 @@ def pg_url() -> Iterator[str]:
         yield url
 
 
-def test_backfill_20k_with_two_workers(pg_url: str, milvus_uri: str, tmp_path: Path,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_backfill_20k_with_two_workers(
+    pg_url: str, milvus_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     settings = make_settings(pg_url=pg_url, redis_url=redis_db_url(12), milvus_uri=milvus_uri)
     engine = make_engine(pg_url)
@@ -48,7 +49,9 @@ def test_backfill_20k_with_two_workers(pg_url: str, milvus_uri: str, tmp_path: P
 
     # production today: the alias serves a v1 generation (a slice of the corpus is enough)
     v1 = embedder_for(settings, "local-v1")
-    live_name = generation_name(settings.alias, v1.identity, store.next_generation_number(settings.alias))
+    live_name = generation_name(
+        settings.alias, v1.identity, store.next_generation_number(settings.alias)
+    )
     live = store.create_generation(live_name, settings.alias, v1.identity, "int")
     embed_batch(source.batch(None, None, None, 500), v1, NullThrottle(), live)
     store.point_alias(settings.alias, live_name)
@@ -97,10 +100,16 @@ def test_backfill_20k_with_two_workers(pg_url: str, milvus_uri: str, tmp_path: P
     assert store.open_generation(live_name).count() == 500
 
     with db.session() as session:
-        ranges = list(session.execute(select(Range).where(Range.migration_id == report.migration_id)).scalars())
+        ranges = list(
+            session.execute(
+                select(Range).where(Range.migration_id == report.migration_id)
+            ).scalars()
+        )
     for r in ranges:
         assert r.state == RangeState.DONE
-        last = max(i for i in texts if (r.lo is None or i >= int(r.lo)) and (r.hi is None or i < int(r.hi)))
+        last = max(
+            i for i in texts if (r.lo is None or i >= int(r.lo)) and (r.hi is None or i < int(r.hi))
+        )
         assert r.cursor == str(last)
         assert r.docs_done == source.count(r.lo, r.hi)
     st = migration_status(db, report.migration_id, settings.alias)

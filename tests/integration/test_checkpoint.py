@@ -42,21 +42,48 @@ def test_models_agree_with_alembic_head(db: Database) -> None:
 def make_migration(db: Database, ranges: int = 3, state: str = MigrationState.BACKFILLING) -> int:
     now = checkpoint.utcnow()
     with db.session() as s:
-        m = Migration(alias="a", source_generation=None, target_generation="a__m_v1__g1",
-                      target_model="m", target_identity="{}", id_type="int", state=state,
-                      total_docs=0, est_tokens=0, settings_snapshot={}, created_at=now, updated_at=now)
+        m = Migration(
+            alias="a",
+            source_generation=None,
+            target_generation="a__m_v1__g1",
+            target_model="m",
+            target_identity="{}",
+            id_type="int",
+            state=state,
+            total_docs=0,
+            est_tokens=0,
+            settings_snapshot={},
+            created_at=now,
+            updated_at=now,
+        )
         s.add(m)
         s.flush()
         for i in range(ranges):
-            s.add(Range(migration_id=m.id, seq=i, lo=str(i * 10), hi=str(i * 10 + 10), planned_docs=10,
-                        state=RangeState.PENDING, attempts=0, docs_done=0, tokens_used=0,
-                        created_at=now, updated_at=now))
+            s.add(
+                Range(
+                    migration_id=m.id,
+                    seq=i,
+                    lo=str(i * 10),
+                    hi=str(i * 10 + 10),
+                    planned_docs=10,
+                    state=RangeState.PENDING,
+                    attempts=0,
+                    docs_done=0,
+                    tokens_used=0,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
         return m.id
 
 
 def range_ids(db: Database, mid: int) -> list[int]:
     with db.session() as s:
-        return list(s.execute(select(Range.id).where(Range.migration_id == mid).order_by(Range.seq)).scalars())
+        return list(
+            s.execute(
+                select(Range.id).where(Range.migration_id == mid).order_by(Range.seq)
+            ).scalars()
+        )
 
 
 def test_claim_is_exclusive_under_concurrency(db: Database) -> None:
@@ -85,8 +112,11 @@ def test_live_lease_blocks_expired_lease_is_taken_over_and_fenced(db: Database) 
     assert checkpoint.claim(db, rid, "w2", 30) is None  # held by a live lease: no-op
     checkpoint.advance(db, first, "3", docs=4, tokens=40, lease_seconds=30)
     with db.session() as s:  # the lease expires (worker stalled)
-        s.execute(update(Range).where(Range.id == rid).values(
-            lease_expires_at=checkpoint.utcnow() - timedelta(seconds=1)))
+        s.execute(
+            update(Range)
+            .where(Range.id == rid)
+            .values(lease_expires_at=checkpoint.utcnow() - timedelta(seconds=1))
+        )
     second = checkpoint.claim(db, rid, "w2", 30)
     assert second is not None and second.cursor == "3"  # resumes after the cursor
     with pytest.raises(LeaseLost):
@@ -147,9 +177,16 @@ def test_transitions_are_audited_and_checked(db: Database) -> None:
         with pytest.raises(MigrationStateError, match="cannot go to finalized"):
             transition(s, m, MigrationState.FINALIZED, actor="bob")
     with db.session() as s:
-        ev = s.execute(select(Event).where(Event.migration_id == mid, Event.kind == "migration_state")).scalars().all()
+        ev = (
+            s.execute(
+                select(Event).where(Event.migration_id == mid, Event.kind == "migration_state")
+            )
+            .scalars()
+            .all()
+        )
         assert [(e.from_state, e.to_state, e.actor, e.reason) for e in ev] == [
-            ("planned", "backfilling", "alice", "go")]
+            ("planned", "backfilling", "alice", "go")
+        ]
 
 
 def test_heartbeat_extends_lease(db: Database) -> None:

@@ -35,16 +35,24 @@ pytestmark = pytest.mark.integration
 
 
 class Env:
-    def __init__(self, settings: Settings, db: Database, store: VectorStore, source: Source,
-                 tmp: Path) -> None:
+    def __init__(
+        self, settings: Settings, db: Database, store: VectorStore, source: Source, tmp: Path
+    ) -> None:
         self.settings, self.db, self.store, self.source, self.tmp = settings, db, store, source, tmp
         self.app = create_app(settings)
         self.fleet = WorkerFleet(settings_env(settings), tmp)
 
     def plan(self) -> int:
         emb = embedder_for(self.settings, "local-v2")
-        return plan_migration(self.settings, self.db, self.store, self.source, emb,
-                              model_label="local-v2", actor="test").migration_id
+        return plan_migration(
+            self.settings,
+            self.db,
+            self.store,
+            self.source,
+            emb,
+            model_label="local-v2",
+            actor="test",
+        ).migration_id
 
     def status(self, mid: int) -> Any:
         return migration_status(self.db, mid, self.settings.alias)
@@ -53,6 +61,7 @@ class Env:
         def done() -> bool:
             st = self.status(mid)
             return bool(st.ranges["done"] == sum(st.ranges.values()))
+
         wait_for(done, timeout, f"migration {mid} done", on_timeout=self.fleet.logs)
 
     def assert_exactly_once(self, mid: int) -> None:
@@ -68,9 +77,16 @@ class Env:
 def env(milvus_uri: str, tmp_path: Path) -> Iterator[Env]:
     with postgres_database() as pg:
         settings = make_settings(
-            pg_url=pg, redis_url=redis_db_url(9), milvus_uri=milvus_uri,
-            backfill=BackfillSettings(range_size=500, batch_size=50, lease_seconds=6,
-                                      heartbeat_seconds=2, queue=f"bfops_{time.time_ns()}"),
+            pg_url=pg,
+            redis_url=redis_db_url(9),
+            milvus_uri=milvus_uri,
+            backfill=BackfillSettings(
+                range_size=500,
+                batch_size=50,
+                lease_seconds=6,
+                heartbeat_seconds=2,
+                queue=f"bfops_{time.time_ns()}",
+            ),
         )
         engine = make_engine(pg)
         seed_source(engine, 6000)
@@ -88,7 +104,9 @@ def test_pause_holds_and_resume_finishes_exactly_once(env: Env) -> None:
     mid = env.plan()
     env.fleet.start(1, concurrency=2)
     start_migration(env.db, env.store, env.app, mid, actor="t", index_type="HNSW")
-    wait_for(lambda: env.status(mid).docs_done >= 500, 60, "some progress", on_timeout=env.fleet.logs)
+    wait_for(
+        lambda: env.status(mid).docs_done >= 500, 60, "some progress", on_timeout=env.fleet.logs
+    )
     assert operations.pause(env.db, mid, actor="t") == "paused"
     assert operations.pause(env.db, mid, actor="t") == "already paused"  # idempotent
     time.sleep(3)  # in-flight batches hit the fence and stop
@@ -138,8 +156,11 @@ def test_retry_failed_and_cancel_refusals(env: Env) -> None:
     start_migration(env.db, env.store, env.app, mid, actor="t", index_type="HNSW")
     st = env.status(mid)
     with env.db.session() as s:
-        s.execute(update(Range).where(Range.migration_id == mid).values(
-            state=RangeState.FAILED, attempts=5, last_error="ProviderRejected: simulated"))
+        s.execute(
+            update(Range)
+            .where(Range.migration_id == mid)
+            .values(state=RangeState.FAILED, attempts=5, last_error="ProviderRejected: simulated")
+        )
     assert env.status(mid).ranges["failed"] == 12
     with pytest.raises(NotFound, match="range 999999 does not exist"):
         operations.retry_failed(env.db, env.app, mid, actor="t", range_ids=[999999])

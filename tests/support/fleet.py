@@ -11,13 +11,22 @@ from backfleet.settings import BackfillSettings, Settings, SourceSettings
 
 
 def make_settings(
-    *, pg_url: str, redis_url: str, milvus_uri: str, range_size: int = 2000, batch_size: int = 256,
+    *,
+    pg_url: str,
+    redis_url: str,
+    milvus_uri: str,
+    range_size: int = 2000,
+    batch_size: int = 256,
     **extra: Any,
 ) -> Settings:
     suffix = uuid.uuid4().hex[:8]
     backfill = BackfillSettings(
-        range_size=range_size, batch_size=batch_size, lease_seconds=20, heartbeat_seconds=3,
-        queue=f"bftest_{suffix}", index_type="HNSW",
+        range_size=range_size,
+        batch_size=batch_size,
+        lease_seconds=20,
+        heartbeat_seconds=3,
+        queue=f"bftest_{suffix}",
+        index_type="HNSW",
     )
     return Settings(
         database_url=pg_url,
@@ -52,8 +61,13 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.5,
-             on_timeout: Callable[[], str] | None = None) -> None:
+def wait_for(
+    predicate: Callable[[], bool],
+    timeout: float,
+    what: str,
+    interval: float = 0.5,
+    on_timeout: Callable[[], str] | None = None,
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():

@@ -96,7 +96,9 @@ class MilvusServer:
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"another milvus-server test run holds {LOCK_PATH}") from None
+                    raise RuntimeError(
+                        f"another milvus-server test run holds {LOCK_PATH}"
+                    ) from None
                 time.sleep(1)
         if port_open(2379):
             raise RuntimeError(
@@ -106,20 +108,34 @@ class MilvusServer:
 
     def _start(self, timeout: float) -> None:
         if self.kind == "server":
-            cmd = [str(VENV_BIN / "milvus-server"), "--data", str(self.dir / "data"),
-                   "--proxy-port", str(self.port)]
+            cmd = [
+                str(VENV_BIN / "milvus-server"),
+                "--data",
+                str(self.dir / "data"),
+                "--proxy-port",
+                str(self.port),
+            ]
         else:
-            cmd = [str(VENV_BIN / "milvus-lite"), "server", "--data-dir", str(self.dir / "data"),
-                   "--port", str(self.port)]
+            cmd = [
+                str(VENV_BIN / "milvus-lite"),
+                "server",
+                "--data-dir",
+                str(self.dir / "data"),
+                "--port",
+                str(self.port),
+            ]
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.monotonic() + timeout
         from pymilvus import MilvusClient
 
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"milvus {self.kind} exited: {self.log_path.read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"milvus {self.kind} exited: {self.log_path.read_text()[-2000:]}"
+                )
             if port_open(self.port):
                 try:
                     client = MilvusClient(uri=self.uri, timeout=5)
@@ -182,10 +198,22 @@ class WorkerFleet:
             idx = len(self.procs)
             log = open(self.logdir / f"worker-{idx}.log", "ab")  # noqa: SIM115
             proc = subprocess.Popen(
-                [str(VENV_BIN / "backfleet"), "worker", "--concurrency", str(concurrency),
-                 "--pool", pool, "--name", f"bftest-{idx}-{uuid.uuid4().hex[:6]}@%h",
-                 "--loglevel", "INFO"],
-                env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                [
+                    str(VENV_BIN / "backfleet"),
+                    "worker",
+                    "--concurrency",
+                    str(concurrency),
+                    "--pool",
+                    pool,
+                    "--name",
+                    f"bftest-{idx}-{uuid.uuid4().hex[:6]}@%h",
+                    "--loglevel",
+                    "INFO",
+                ],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
             self.procs.append(proc)
 
@@ -225,16 +253,30 @@ class WorkerFleet:
 
 
 REDIS_START = [
-    "redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379",
-    "--save", "", "--appendonly", "no", "--dir", "/var/lib/redis",
-    "--logfile", "/var/log/redis/ci.log",
+    "redis-server",
+    "--daemonize",
+    "yes",
+    "--bind",
+    "127.0.0.1",
+    "-::1",
+    "--port",
+    "6379",
+    "--save",
+    "",
+    "--appendonly",
+    "no",
+    "--dir",
+    "/var/lib/redis",
+    "--logfile",
+    "/var/log/redis/ci.log",
 ]
 
 
 def restart_redis(down_seconds: float = 2.0) -> None:
     """Shut the machine's Redis down (it keeps nothing on disk) and start it again."""
-    subprocess.run(["redis-cli", "-p", "6379", "shutdown", "nosave"], capture_output=True,
-                   timeout=30)
+    subprocess.run(
+        ["redis-cli", "-p", "6379", "shutdown", "nosave"], capture_output=True, timeout=30
+    )
     time.sleep(down_seconds)
     Path("/var/lib/redis").mkdir(parents=True, exist_ok=True)
     Path("/var/log/redis").mkdir(parents=True, exist_ok=True)
@@ -254,6 +296,7 @@ def kill_postgres_backends(dbname: str) -> int:
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         rows = conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = %s AND pid <> pg_backend_pid()", (dbname,)
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            (dbname,),
         ).fetchall()
     return len(rows)

@@ -49,10 +49,17 @@ def test_api_key_from_env_or_file_never_in_snapshot(tmp_path: Path) -> None:
         "[models.a]\nprovider='openai'\nname='m'\ndimension=8\napi_key_env='MY_KEY'\n"
         f"[models.b]\nprovider='openai'\nname='m'\ndimension=8\napi_key_file='{keyfile}'\n"
     )
-    s = load_settings(cfg, environ={"MY_KEY": "sk-env-456",
-                                    "BACKFLEET_DATABASE_URL": "postgresql://u:hunter2@h/db"})
-    assert s.model("a").api_key is not None and s.model("a").api_key.get_secret_value() == "sk-env-456"
-    assert s.model("b").api_key is not None and s.model("b").api_key.get_secret_value() == "sk-from-file-123"
+    s = load_settings(
+        cfg,
+        environ={"MY_KEY": "sk-env-456", "BACKFLEET_DATABASE_URL": "postgresql://u:hunter2@h/db"},
+    )
+    assert (
+        s.model("a").api_key is not None and s.model("a").api_key.get_secret_value() == "sk-env-456"
+    )
+    assert (
+        s.model("b").api_key is not None
+        and s.model("b").api_key.get_secret_value() == "sk-from-file-123"
+    )
     text = repr(s) + str(s.public_snapshot()) + repr(s.model("a"))
     for secret in ("sk-env-456", "sk-from-file-123", "hunter2"):
         assert secret not in str(s.public_snapshot())
@@ -61,13 +68,18 @@ def test_api_key_from_env_or_file_never_in_snapshot(tmp_path: Path) -> None:
 
 def test_unreadable_key_file(tmp_path: Path) -> None:
     cfg = tmp_path / "b.toml"
-    cfg.write_text(f"[models.a]\nprovider='openai'\nname='m'\ndimension=8\napi_key_file='{tmp_path}/missing'\n")
+    cfg.write_text(
+        f"[models.a]\nprovider='openai'\nname='m'\ndimension=8\napi_key_file='{tmp_path}/missing'\n"
+    )
     with pytest.raises(ConfigError, match="cannot read the API key file"):
         load_settings(cfg, environ={})
 
 
 def test_redact_url() -> None:
-    assert redact_url("postgresql+psycopg://me:s3cret@db:5432/x") == "postgresql+psycopg://me:***@db:5432/x"
+    assert (
+        redact_url("postgresql+psycopg://me:s3cret@db:5432/x")
+        == "postgresql+psycopg://me:***@db:5432/x"
+    )
     assert redact_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
 
 

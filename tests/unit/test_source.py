@@ -21,7 +21,11 @@ def engine(tmp_path: Path) -> Engine:
 
 
 def make_table(engine: Engine, ids: list[object], id_type: str = "int") -> None:
-    col = Column("id", Integer, primary_key=True) if id_type == "int" else Column("id", String(40), primary_key=True)
+    col = (
+        Column("id", Integer, primary_key=True)
+        if id_type == "int"
+        else Column("id", String(40), primary_key=True)
+    )
     tbl = Table("docs", MetaData(), col, Column("body", Text))
     tbl.create(engine)
     with engine.begin() as conn:
@@ -29,10 +33,12 @@ def make_table(engine: Engine, ids: list[object], id_type: str = "int") -> None:
 
 
 def src(engine: Engine) -> Source:
-    return Source(engine, SourceSettings(url="sqlite://", table="docs", id_column="id", text_column="body"))
+    return Source(
+        engine, SourceSettings(url="sqlite://", table="docs", id_column="id", text_column="body")
+    )
 
 
-@pytest.mark.parametrize("bad", ["docs; drop table x", "1abc", "a b", "x\"y", "", "a" * 80])
+@pytest.mark.parametrize("bad", ["docs; drop table x", "1abc", "a b", 'x"y', "", "a" * 80])
 def test_identifiers_refused(bad: str) -> None:
     with pytest.raises(ConfigError, match="not a plain SQL identifier"):
         validate_identifier(bad, "source.table")
@@ -41,7 +47,10 @@ def test_identifiers_refused(bad: str) -> None:
 def test_identifier_injection_never_reaches_sql(engine: Engine) -> None:
     make_table(engine, [1, 2])
     with pytest.raises(ConfigError, match=r"source\.text_column"):
-        Source(engine, SourceSettings(table="docs", id_column="id", text_column="body; DROP TABLE docs"))
+        Source(
+            engine,
+            SourceSettings(table="docs", id_column="id", text_column="body; DROP TABLE docs"),
+        )
     assert src(engine).count() == 2  # nothing was dropped
 
 
@@ -49,7 +58,9 @@ def test_missing_table_and_column_name_the_setting(engine: Engine) -> None:
     make_table(engine, [1])
     with pytest.raises(SourceError, match=r"source table 'nope' does not exist.*source\.table"):
         Source(engine, SourceSettings(table="nope"))
-    with pytest.raises(SourceError, match=r"column 'text' not found.*columns: id, body.*source\.text_column"):
+    with pytest.raises(
+        SourceError, match=r"column 'text' not found.*columns: id, body.*source\.text_column"
+    ):
         Source(engine, SourceSettings(table="docs", id_column="id", text_column="text"))
 
 
@@ -112,7 +123,7 @@ def test_keyset_never_uses_offset(engine: Engine) -> None:
         statements.append((statement, tuple(params)))
 
     assert [d.id for d in s.batch("1", None, "3", 4)] == [4, 5, 6, 7]
-    (stmt, params), = statements
+    ((stmt, params),) = statements
     assert "id > ?" in stmt and "ORDER BY" in stmt
     # SQLite's dialect always renders "LIMIT ? OFFSET ?"; the offset must be 0 (keyset, not paging)
     if "OFFSET" in stmt.upper():

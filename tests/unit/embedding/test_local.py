@@ -29,7 +29,9 @@ def test_versions_are_different_coordinate_systems() -> None:
 
 def test_similar_texts_are_close() -> None:
     e = HashingEmbedder("hash-ngrams", "2", 384)
-    v = e.embed(["refund my card payment", "refunds for card payments", "garden compost soil"]).vectors
+    v = e.embed(
+        ["refund my card payment", "refunds for card payments", "garden compost soil"]
+    ).vectors
     assert float(v[0] @ v[1]) > float(v[0] @ v[2])
 
 

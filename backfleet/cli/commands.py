@@ -1,0 +1,3 @@
+"""Command modules beyond the core ones in ``app``; importing one registers its commands."""
+
+from backfleet.cli import operate  # noqa: F401
