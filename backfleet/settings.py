@@ -87,6 +87,8 @@ class BackfillSettings(BaseModel):
     max_attempts: int = Field(default=5, gt=0)
     visibility_timeout_seconds: float = Field(default=21600.0, gt=0)
     reap_interval_seconds: float = Field(default=10.0, gt=0)
+    #: spending cap in USD for a new migration (None: no cap); `backfleet budget` changes it
+    budget_usd: float | None = Field(default=None, gt=0)
     resend_after_seconds: float = Field(default=120.0, gt=0)
     queue: str = "backfleet"
     index_type: Literal["HNSW", "FLAT", "IVF_FLAT", "AUTOINDEX"] = "HNSW"
@@ -96,6 +98,50 @@ class BackfillSettings(BaseModel):
 class ThrottleSettings(BaseModel):
     rpm: int = Field(default=3000, gt=0)
     tpm: int = Field(default=1_000_000, gt=0)
+
+
+class CutoverSettings(BaseModel):
+    """Proof and switch: eval tolerances, the holdover before finalize, the Router's refresh."""
+
+    #: how far the shadow may fall below live on each golden-set metric and still be GO
+    max_recall_drop: float = Field(default=0.02, ge=0, le=1)
+    max_ndcg_drop: float = Field(default=0.02, ge=0, le=1)
+    max_mrr_drop: float = Field(default=0.02, ge=0, le=1)
+    #: the shadow's index search must find this share of the exact top k
+    min_index_recall: float = Field(default=0.95, ge=0, le=1)
+    #: fewer judged queries than this is NO-GO (too few to decide on)
+    min_queries: int = Field(default=20, gt=0)
+    recall_k: int = Field(default=10, gt=0, le=1000)
+    index_recall_sample: int = Field(default=50, gt=0)
+    #: exact search scans at most this many rows (an id slice beyond it)
+    exact_scan_max_rows: int = Field(default=200_000, gt=0)
+    #: the old generation is kept this long after the alias swap before finalize may drop it
+    holdover_hours: float = Field(default=72.0, ge=0)
+    #: how often a Router re-reads the canary share and the alias
+    router_refresh_seconds: float = Field(default=5.0, gt=0)
+
+
+class CatchupSettings(BaseModel):
+    """Catch-up passes and dual write: what bypassed dual write reaches the shadow."""
+
+    #: a pass that finds fewer changes than this (updated + created + deleted) is "settled"
+    threshold: int = Field(default=10, ge=1)
+    #: `backfleet catchup` stops after this many passes, settled or not
+    max_passes: int = Field(default=5, gt=0)
+    #: clock margin: a document counts as changed if updated_at > (read time - this)
+    skew_seconds: float = Field(default=300.0, ge=0)
+    #: without source.updated_at_column a pass hash-compares at most this many documents;
+    #: a larger corpus is swept over several passes (settled needs one whole clean sweep)
+    hash_scan_max_docs: int = Field(default=1_000_000, gt=0)
+    #: rows per read while scanning the source and the shadow
+    hash_scan_batch: int = Field(default=2000, gt=0, le=16384)
+    #: new ids past the last range's end become a new range (run by the fleet) from this many
+    new_range_min_docs: int = Field(default=1000, gt=0)
+    #: how long a pass waits for the fleet to finish new ranges
+    wait_timeout_seconds: float = Field(default=3600.0, gt=0)
+    #: dual write when the live collection is not a backfleet generation (model unknown):
+    #: "refuse" raises; "skip" writes the shadow only (the application keeps its own write)
+    foreign_live: Literal["refuse", "skip"] = "refuse"
 
 
 def _default_models() -> dict[str, ModelSettings]:
@@ -125,6 +171,8 @@ class Settings(BaseSettings):
     models: dict[str, ModelSettings] = Field(default_factory=_default_models)
     backfill: BackfillSettings = Field(default_factory=BackfillSettings)
     throttle: ThrottleSettings = Field(default_factory=ThrottleSettings)
+    cutover: CutoverSettings = Field(default_factory=CutoverSettings)
+    catchup: CatchupSettings = Field(default_factory=CatchupSettings)
     log_format: Literal["console", "json"] = "console"
     log_level: str = "INFO"
 
@@ -270,6 +318,16 @@ index_type = "HNSW"
 [throttle]
 rpm = 3000               # fleet-wide requests per minute
 tpm = 1000000            # fleet-wide tokens per minute
+
+[cutover]
+max_ndcg_drop = 0.02     # eval: GO if the shadow loses at most this much nDCG@10 (and recall, MRR)
+min_index_recall = 0.95  # eval: the shadow's index search must find 95% of the exact top k
+holdover_hours = 72      # finalize drops the old generation only this long after the swap
+
+[catchup]
+threshold = 10           # settled when a catch-up pass finds fewer changes than this
+max_passes = 5           # `backfleet catchup` stops after this many passes
+skew_seconds = 300       # clock margin between workers, coordinator and source database
 
 [models.local-v1]
 provider = "local"       # deterministic feature hashing, no network

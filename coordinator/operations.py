@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from backfleet.db.checkpoint import record_event, utcnow
+from backfleet.db.checkpoint import pause_migration, record_event, utcnow
 from backfleet.db.models import DeadLetter, Event, Migration, MigrationState, Range, RangeState
 from backfleet.db.session import Database
 from backfleet.errors import MigrationStateError, NotFound
@@ -64,10 +64,7 @@ def pause(db: Database, migration_id: int, *, actor: str, reason: str | None = N
                 f"migration {migration_id} is {m.state}; only a "
                 "backfilling or catching-up migration can be paused"
             )
-        resume_to = m.state
-        transition(session, m, MigrationState.PAUSED, actor=actor, reason=reason or "pause")
-        _release_running(session, migration_id, RangeState.PENDING)
-        record_event(session, migration_id, "resume_target", actor=actor, to_state=resume_to)
+        pause_migration(session, m, actor=actor, reason=reason or "pause")
     return "paused"
 
 
@@ -203,3 +200,28 @@ def retry_dead_letters(
     for i in range(0, len(ids), chunk):
         enqueue_documents(app, migration_id, ids[i : i + chunk])
     return len(ids)
+
+
+def set_budget(db: Database, migration_id: int, budget_usd: float | None, price_per_million: float,
+               *, actor: str) -> None:
+    """Change the spending cap; a cap below what is already spent is refused."""
+    from sqlalchemy import func
+
+    with db.session() as session:
+        m = _locked(session, migration_id)
+        tokens = session.execute(
+            select(func.coalesce(func.sum(Range.tokens_used), 0)).where(
+                Range.migration_id == migration_id)
+        ).scalar_one()
+        spent = int(tokens) / 1_000_000 * price_per_million
+        if budget_usd is not None and budget_usd < spent:
+            raise MigrationStateError(
+                f"budget ${budget_usd:,.2f} is below what migration {migration_id} has already "
+                f"spent (${spent:,.4f})",
+                hint="set a budget above the spend so far",
+            )
+        old = m.budget_usd
+        m.budget_usd = budget_usd
+        m.updated_at = utcnow()
+        record_event(session, migration_id, "budget", actor=actor,
+                     reason=f"budget {old} -> {budget_usd}", details={"spent_usd": spent})

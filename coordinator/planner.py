@@ -116,6 +116,7 @@ def plan_migration(
             total_docs=docs,
             est_tokens=est_tokens,
             settings_snapshot=settings.public_snapshot(),
+            budget_usd=cfg.budget_usd,
             created_at=now,
             updated_at=now,
         )

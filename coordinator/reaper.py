@@ -57,6 +57,7 @@ def reap_once(db: Database, app: Any, settings: ReaperSettings, queue_depth: int
             else {}
         )
     total_pending = sum(pending.values())
+    export_gauges(db, migrations)
     for mid in migrations:
         # when the queue holds at least one message per pending range, none is lost
         resend = queue_depth is None or queue_depth < total_pending
@@ -92,3 +93,31 @@ def supervise(
         except ServiceUnavailable as exc:  # wait the outage out
             log.warning("reaper_waiting", error=str(exc))
         time.sleep(settings.interval_seconds)
+
+
+def export_gauges(db: Database, migrations: list[int]) -> None:
+    """Ranges by state, documents done and dead letters per running migration (Prometheus)."""
+    from backfleet import metrics
+    from backfleet.db.models import DeadLetter
+
+    if not migrations:
+        return
+    with db.session() as session:
+        for mid, state, n in session.execute(
+            select(Range.migration_id, Range.state, func.count())
+            .where(Range.migration_id.in_(migrations))
+            .group_by(Range.migration_id, Range.state)
+        ):
+            metrics.RANGES.labels(str(mid), state).set(n)
+        for mid, docs in session.execute(
+            select(Range.migration_id, func.coalesce(func.sum(Range.docs_done), 0))
+            .where(Range.migration_id.in_(migrations))
+            .group_by(Range.migration_id)
+        ):
+            metrics.DOCS_DONE.labels(str(mid)).set(docs)
+        for mid, kind, n in session.execute(
+            select(DeadLetter.migration_id, DeadLetter.kind, func.count())
+            .where(DeadLetter.migration_id.in_(migrations))
+            .group_by(DeadLetter.migration_id, DeadLetter.kind)
+        ):
+            metrics.DEAD_LETTERS.labels(str(mid), kind).set(n)

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from backfleet.db.checkpoint import utcnow
-from backfleet.db.models import Migration, Range, RangeState
+from backfleet.db.models import DeadLetter, Event, Migration, Range, RangeState
 from backfleet.db.session import Database
 from coordinator.dispatcher import load_migration
 
@@ -36,12 +36,21 @@ class MigrationStatus:
     eta_seconds: float | None = None
     elapsed_seconds: float = 0.0
     failed: list[dict[str, Any]] = field(default_factory=list)
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    price_per_million_tokens: float = 0.0
+    spent_usd: float = 0.0
+    projected_usd: float | None = None
+    budget_usd: float | None = None
+    paused_reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def migration_status(db: Database, migration_id: int | None, alias: str) -> MigrationStatus:
+def migration_status(
+    db: Database, migration_id: int | None, alias: str, *, price_per_million: float = 0.0
+) -> MigrationStatus:
+    """Progress, rate, ETA, spend against the budget, failures and dead letters."""
     migration: Migration = load_migration(db, migration_id, alias)
     with db.session() as session:
         by_state = dict(
@@ -67,6 +76,23 @@ def migration_status(db: Database, migration_id: int | None, alias: str) -> Migr
                 )
             ).scalars()
         ]
+        dead = dict(
+            session.execute(
+                select(DeadLetter.kind, func.count())
+                .where(DeadLetter.migration_id == migration.id)
+                .group_by(DeadLetter.kind)
+            ).all()
+        )
+        paused_reason = (
+            session.execute(
+                select(Event.reason)
+                .where(Event.migration_id == migration.id, Event.to_state == "paused")
+                .order_by(Event.id.desc())
+                .limit(1)
+            ).scalar()
+            if migration.state == "paused"
+            else None
+        )
     ranges = {state: int(by_state.get(state, 0)) for state in RangeState.ALL}
     docs_done, tokens = int(agg[0]), int(agg[1])
     started, finished = _aware(agg[2]), _aware(agg[3])
@@ -91,4 +117,14 @@ def migration_status(db: Database, migration_id: int | None, alias: str) -> Migr
         eta_seconds=eta,
         elapsed_seconds=elapsed,
         failed=failed,
+        dead_letters={str(k): int(v) for k, v in dead.items()},
+        price_per_million_tokens=price_per_million,
+        spent_usd=tokens / 1_000_000 * price_per_million,
+        projected_usd=(
+            tokens / docs_done * migration.total_docs / 1_000_000 * price_per_million
+            if docs_done
+            else None
+        ),
+        budget_usd=migration.budget_usd,
+        paused_reason=paused_reason,
     )

@@ -8,9 +8,11 @@ upsert makes harmless. A heartbeat thread renews the lease while a batch is in f
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Literal
 
+from backfleet import metrics
 from backfleet.db import checkpoint
 from backfleet.db.checkpoint import Claim
 from backfleet.db.session import Database
@@ -35,7 +37,9 @@ from workers.limits import Throttle
 
 log = get_logger("backfleet.pipeline")
 
-Outcome = Literal["done", "skipped", "released", "retry", "failed", "lease_lost", "refused"]
+Outcome = Literal[
+    "done", "skipped", "released", "retry", "failed", "lease_lost", "refused", "paused"
+]
 
 
 class Heartbeat:
@@ -190,6 +194,11 @@ def embed_batch(
             first=rejected[0].doc_id,
             reason=rejected[0].reason[:200],
         )
+    tag = embedder.identity.tag
+    metrics.DOCS.labels(tag).inc(embedded)
+    metrics.TOKENS.labels(tag).inc(tokens)
+    for d in dead + rejected:
+        metrics.DEAD_LETTERED.labels(d.kind).inc()
     return BatchResult(
         docs=len(docs),
         tokens=tokens,
@@ -215,14 +224,27 @@ def call_provider(
     from backfleet.embedding.retry import call_with_retries
 
     tokens = sum(embedder.count_tokens(t) for t in texts)
+    ident = embedder.identity
+    labels = (ident.provider, ident.name)
 
     def attempt() -> EmbedResult:
-        throttle.acquire(tokens)
+        waited = throttle.acquire(tokens)
+        if waited:
+            metrics.THROTTLE_WAIT.labels(*labels).inc(waited)
+        started = time.monotonic()
         try:
             result = embedder.embed(texts)
         except ProviderRateLimited as exc:
+            metrics.REQUESTS.labels(*labels, "rate_limited").inc()
+            metrics.RATE_LIMITED.labels(*labels).inc()
             throttle.report_rate_limited(exc.retry_after)
             raise
+        except BackfleetError:
+            metrics.REQUESTS.labels(*labels, "error").inc()
+            raise
+        finally:
+            metrics.LATENCY.labels(*labels).observe(time.monotonic() - started)
+        metrics.REQUESTS.labels(*labels, "ok").inc()
         throttle.observe_headers(result.headers)
         throttle.report_success()
         return result
@@ -235,6 +257,25 @@ class RangePipeline:
 
     def __init__(self, ctx: WorkerContext) -> None:
         self.ctx = ctx
+
+    def _over_budget(self, migration_id: int, docs: list[Doc], price: float, owner: str) -> bool:
+        """Pause the migration if this batch would take spend over its budget."""
+        budget, tokens = checkpoint.budget_and_spend(self.ctx.db, migration_id)
+        if budget is None:
+            return False
+        chars = sum(len(d.text or "") for d in docs)
+        spent = tokens / 1_000_000 * price
+        upcoming = chars / self.ctx.settings.backfill.avg_chars_per_token / 1_000_000 * price
+        if spent + upcoming <= budget:
+            return False
+        reason = (
+            f"budget: spent ${spent:,.4f} of ${budget:,.2f}; the next batch (~${upcoming:,.4f}) "
+            "would exceed it — raise it with `backfleet budget --set USD`, then `backfleet resume`"
+        )
+        if checkpoint.pause_for_budget(self.ctx.db, migration_id, actor=owner, reason=reason):
+            log.warning("budget_paused", migration=migration_id, spent=round(spent, 6),
+                        budget=budget)
+        return True
 
     def run(self, migration_id: int, range_id: int) -> Outcome:
         ctx = self.ctx
@@ -269,6 +310,7 @@ class RangePipeline:
         throttle = ctx.throttle(migration.target_model)
         model_cfg = ctx.settings.model(migration.target_model)
         limits = PackLimits.from_settings(model_cfg)
+        price = model_cfg.price_per_million_tokens
         docs_total = 0
         try:
             with Heartbeat(ctx.db, claim, cfg.lease_seconds, cfg.heartbeat_seconds) as beat:
@@ -276,6 +318,8 @@ class RangePipeline:
                     checkpoint.mark_read_started(ctx.db, claim, checkpoint.utcnow())
                 for docs in source.iter_batches(claim.lo, claim.hi, claim.cursor, cfg.batch_size):
                     beat.check()
+                    if price and self._over_budget(migration_id, docs, price, owner):
+                        return "paused"
                     res = embed_batch(
                         docs,
                         embedder,

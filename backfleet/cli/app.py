@@ -153,18 +153,23 @@ def start(
 def status(
     migration: int | None = typer.Option(None, help="migration id (default: newest of the alias)"),
     json_out: bool = typer.Option(False, "--json", help="print JSON"),
+    watch: bool = typer.Option(False, "--watch", "-w", help="refresh until interrupted"),
+    interval: float = typer.Option(2.0, min=0.2, help="seconds between refreshes with --watch"),
 ) -> None:
-    """Ranges by state, documents done of total, docs/s and ETA."""
-    from backfleet.cli.render import print_json, status_table
-    from backfleet.cli.wiring import open_db
-    from coordinator.status import migration_status
+    """Ranges by state, docs done of total, docs/s, tokens/min against the limit, ETA, spend."""
+    from backfleet.cli.status_view import StatusWatcher
 
     s = settings()
-    st = migration_status(open_db(s), migration, s.alias)
-    if json_out:
-        print_json(console, st.to_dict())
-    else:
-        console.print(status_table(st))
+    watcher = StatusWatcher(s, migration)
+    if json_out and not watch:
+        from backfleet.cli.render import print_json
+
+        print_json(console, watcher.snapshot())
+        return
+    if not watch:
+        console.print(watcher.render())
+        return
+    watcher.watch(console, interval, as_json=json_out)
 
 
 @app.command()
@@ -175,9 +180,20 @@ def worker(
     pool: str = typer.Option("prefork", help="prefork, threads or solo"),
     name: str | None = typer.Option(None, help="worker node name (default backfleet-<pid>@host)"),
     loglevel: str = typer.Option("INFO", help="Celery log level"),
+    metrics_port: int | None = typer.Option(None, help="serve Prometheus /metrics on this port"),
 ) -> None:
     """Run a Celery worker that executes backfill tasks."""
     import os
+
+    if metrics_port is not None:
+        # prometheus-client picks its storage when first imported: the pool's processes share
+        # one directory only if it is set before any metric module is imported
+        import tempfile
+
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="backfleet-prom-"))
+        from backfleet.metrics import serve_metrics
+
+        serve_metrics(metrics_port, multiprocess=True)
 
     from backfleet.cli.wiring import celery_app, check_broker
 

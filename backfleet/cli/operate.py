@@ -27,6 +27,7 @@ MIGRATION_OPT = typer.Option(
 @app.command()
 def supervise(
     once: bool = typer.Option(False, help="one reaper pass, then exit"),
+    metrics_port: int | None = typer.Option(None, help="serve Prometheus /metrics on this port"),
 ) -> None:
     """Run the coordinator's reaper: re-send tasks for pending ranges and expired leases."""
     from backfleet.cli.wiring import celery_app, check_broker, open_db
@@ -38,6 +39,10 @@ def supervise(
     capp = celery_app(s)
     check_broker(capp, s)
     cfg = ReaperSettings(s.backfill.reap_interval_seconds, s.backfill.resend_after_seconds)
+    if metrics_port is not None:
+        from backfleet.metrics import serve_metrics
+
+        serve_metrics(metrics_port, multiprocess=False)
     if once:
         console.print(f"{reap_once(db, capp, cfg, queue_depth(capp))} tasks re-sent")
         return
@@ -232,3 +237,35 @@ def fake_provider(
         ) from None
     except ValueError as exc:
         raise ConfigError(f"bad fault setting: {exc}") from None
+
+
+@app.command()
+def budget(
+    migration: int | None = MIGRATION_OPT,
+    set_usd: float | None = typer.Option(None, "--set", help="new cap in USD"),
+    clear: bool = typer.Option(False, "--clear", help="remove the cap"),
+) -> None:
+    """Show or change a migration's spending cap (a paused migration then needs `resume`)."""
+    from backfleet.cli.wiring import open_db
+    from coordinator.operations import set_budget
+
+    s = settings()
+    mid = _migration_id(migration)
+    model = s.models.get(_target_label(mid))
+    price = model.price_per_million_tokens if model else 0.0
+    if set_usd is not None or clear:
+        if set_usd is not None and set_usd <= 0:
+            raise ConfigError("a budget must be above 0", hint="--set USD, or --clear")
+        set_budget(open_db(s), mid, None if clear else set_usd, price, actor=actor())
+    from coordinator.status import migration_status
+
+    st = migration_status(open_db(s), mid, s.alias, price_per_million=price)
+    cap = f"${st.budget_usd:,.2f}" if st.budget_usd is not None else "none"
+    console.print(f"migration {mid}: spent ${st.spent_usd:,.4f}, budget {cap}, state {st.state}")
+
+
+def _target_label(mid: int) -> str:
+    from backfleet.cli.wiring import open_db
+    from coordinator.dispatcher import load_migration
+
+    return load_migration(open_db(settings()), mid).target_model

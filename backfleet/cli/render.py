@@ -66,6 +66,21 @@ def status_table(st: MigrationStatus) -> Table:
     table.add_row("tokens used", f"{st.tokens_used:,}")
     table.add_row("elapsed", human_duration(st.elapsed_seconds))
     table.add_row("ETA", human_duration(st.eta_seconds))
+    if st.price_per_million_tokens or st.budget_usd:
+        spend = f"${st.spent_usd:,.4f}"
+        if st.projected_usd is not None:
+            spend += f", projected ${st.projected_usd:,.4f} at completion"
+        if st.budget_usd is not None:
+            spend += f" (budget ${st.budget_usd:,.2f})"
+        table.add_row("spend", spend)
+    if st.dead_letters:
+        table.add_row(
+            "dead letters",
+            "  ".join(f"{k} {v}" for k, v in sorted(st.dead_letters.items()))
+            + "  (`backfleet dead-letters`)",
+        )
+    if st.paused_reason:
+        table.add_row("paused", st.paused_reason)
     for f in st.failed[:10]:
         table.add_row(f"failed range {f['range']}", f"attempts {f['attempts']}: {f['error']}")
     return table

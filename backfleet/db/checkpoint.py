@@ -341,3 +341,51 @@ def fail(db: Database, claim_: Claim, error: str, max_attempts: int) -> str | No
             details={"attempts": attempts},
         )
         return new_state
+
+
+def pause_migration(session: Session, migration: Migration, *, actor: str, reason: str) -> None:
+    """Pause in the caller's transaction: ranges back to pending, the resume target kept.
+
+    The caller holds the migration row locked and has checked it is backfilling or catching
+    up. Workers notice at their next fenced write (their range is no longer running).
+    """
+    now = utcnow()
+    from_state = migration.state
+    migration.state = MigrationState.PAUSED
+    migration.updated_at = now
+    record_event(session, migration.id, "migration_state", actor=actor, from_state=from_state,
+                 to_state=MigrationState.PAUSED, reason=reason)
+    record_event(session, migration.id, "resume_target", actor=actor, to_state=from_state)
+    session.execute(
+        update(Range)
+        .where(Range.migration_id == migration.id,
+               Range.state.in_((RangeState.RUNNING, RangeState.PENDING)))
+        .values(state=RangeState.PENDING, lease_owner=None, lease_token=None,
+                lease_expires_at=None, updated_at=now)
+    )
+
+
+def budget_and_spend(db: Database, migration_id: int) -> tuple[float | None, int]:
+    """The migration's budget (USD, or None) and the tokens its ranges have used."""
+    with db.session() as session:
+        row = session.execute(
+            select(
+                Migration.budget_usd,
+                select(func.coalesce(func.sum(Range.tokens_used), 0))
+                .where(Range.migration_id == migration_id)
+                .scalar_subquery(),
+            ).where(Migration.id == migration_id)
+        ).one_or_none()
+    if row is None:
+        return None, 0
+    return row[0], int(row[1])
+
+
+def pause_for_budget(db: Database, migration_id: int, *, actor: str, reason: str) -> bool:
+    """Pause a running migration because the next batch would exceed its budget."""
+    with db.session() as session:
+        migration = session.get(Migration, migration_id, with_for_update=True)
+        if migration is None or migration.state not in CLAIMABLE_MIGRATION_STATES:
+            return False
+        pause_migration(session, migration, actor=actor, reason=reason)
+        return True
