@@ -23,6 +23,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	scripts/ensure-services.sh
+	scripts/ensure-test-tools.sh
 	$(BIN)/pytest -q -p no:cacheprovider tests
 
 unit: $(STAMP)
@@ -30,6 +31,7 @@ unit: $(STAMP)
 
 integration: $(STAMP)
 	scripts/ensure-services.sh
+	scripts/ensure-test-tools.sh
 	$(BIN)/pytest -q tests/integration tests/acceptance
 
 chaos: $(STAMP)
