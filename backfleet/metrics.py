@@ -40,7 +40,7 @@ def serve_metrics(port: int, *, multiprocess: bool, host: str = "0.0.0.0") -> No
         from prometheus_client import multiprocess as mp
 
         registry = CollectorRegistry()
-        mp.MultiProcessCollector(registry)
+        mp.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     try:
         if registry is None:
             start_http_server(port, addr=host)

@@ -41,12 +41,14 @@ def actor() -> str:
 
 
 def settings() -> Settings:
-    if _STATE["settings"] is None:
-        _STATE["settings"] = load_settings(_STATE["config"])
-        s: Settings = _STATE["settings"]
-        configure_logging(s.log_format, s.log_level)
-    result: Settings = _STATE["settings"]
-    return result
+    """The settings of this invocation, loaded once (``--config``, env, backfleet.toml)."""
+    loaded = _STATE["settings"]
+    if loaded is None:
+        loaded = load_settings(_STATE["config"])
+        configure_logging(loaded.log_format, loaded.log_level)
+        _STATE["settings"] = loaded
+    assert isinstance(loaded, Settings)
+    return loaded
 
 
 @app.callback()

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-import toktok  # type: ignore[import-untyped]
+import toktok
 
 CL100K = "cl100k_base"
 #: OpenAI embedding models tokenized with ``cl100k_base``.
