@@ -269,7 +269,8 @@ def load_settings(
         where = ".".join(str(p) for p in first["loc"])
         raise ConfigError(
             f"invalid setting {where}: {first['msg']}",
-            hint=f"fix {where} in {path or 'the environment'} (env BACKFLEET_{where.upper().replace('.', '__')})",
+            hint=f"fix {where} in {path or 'the environment'} "
+            f"(env BACKFLEET_{where.upper().replace('.', '__')})",
         ) from None
     except Exception as exc:  # malformed TOML
         raise ConfigError(f"cannot read settings from {path}: {exc}") from None

@@ -83,7 +83,8 @@ class Source:
             self.table = Table(table_name, MetaData(), schema=schema, autoload_with=engine)
         except NoSuchTableError:
             raise SourceError(
-                f"source table {settings.table!r} does not exist in {engine.url.render_as_string()}",
+                f"source table {settings.table!r} does not exist in "
+                f"{engine.url.render_as_string(hide_password=True)}",
                 hint="set source.table to an existing table",
             ) from None
         except OperationalError as exc:
@@ -112,7 +113,8 @@ class Source:
         if name not in self.table.c:
             known = ", ".join(self.table.c.keys())
             raise SourceError(
-                f"column {name!r} not found in source table {self.settings.table!r} (columns: {known})",
+                f"column {name!r} not found in source table {self.settings.table!r} "
+                f"(columns: {known})",
                 hint=f"set {setting} to one of those columns",
             )
         return self.table.c[name]

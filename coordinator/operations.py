@@ -202,8 +202,14 @@ def retry_dead_letters(
     return len(ids)
 
 
-def set_budget(db: Database, migration_id: int, budget_usd: float | None, price_per_million: float,
-               *, actor: str) -> None:
+def set_budget(
+    db: Database,
+    migration_id: int,
+    budget_usd: float | None,
+    price_per_million: float,
+    *,
+    actor: str,
+) -> None:
     """Change the spending cap; a cap below what is already spent is refused."""
     from sqlalchemy import func
 
@@ -211,7 +217,8 @@ def set_budget(db: Database, migration_id: int, budget_usd: float | None, price_
         m = _locked(session, migration_id)
         tokens = session.execute(
             select(func.coalesce(func.sum(Range.tokens_used), 0)).where(
-                Range.migration_id == migration_id)
+                Range.migration_id == migration_id
+            )
         ).scalar_one()
         spent = int(tokens) / 1_000_000 * price_per_million
         if budget_usd is not None and budget_usd < spent:
@@ -223,5 +230,11 @@ def set_budget(db: Database, migration_id: int, budget_usd: float | None, price_
         old = m.budget_usd
         m.budget_usd = budget_usd
         m.updated_at = utcnow()
-        record_event(session, migration_id, "budget", actor=actor,
-                     reason=f"budget {old} -> {budget_usd}", details={"spent_usd": spent})
+        record_event(
+            session,
+            migration_id,
+            "budget",
+            actor=actor,
+            reason=f"budget {old} -> {budget_usd}",
+            details={"spent_usd": spent},
+        )

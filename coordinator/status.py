@@ -42,6 +42,9 @@ class MigrationStatus:
     projected_usd: float | None = None
     budget_usd: float | None = None
     paused_reason: str | None = None
+    #: catch-up passes (oldest first): changes found and applied; settled = the last one's
+    catchup_passes: list[dict[str, Any]] = field(default_factory=list)
+    settled: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,6 +96,9 @@ def migration_status(
             if migration.state == "paused"
             else None
         )
+    from coordinator.catchup import latest_passes
+
+    passes = latest_passes(db, migration.id)
     ranges = {state: int(by_state.get(state, 0)) for state in RangeState.ALL}
     docs_done, tokens = int(agg[0]), int(agg[1])
     started, finished = _aware(agg[2]), _aware(agg[3])
@@ -127,4 +133,6 @@ def migration_status(
         ),
         budget_usd=migration.budget_usd,
         paused_reason=paused_reason,
+        catchup_passes=passes,
+        settled=bool(passes and passes[-1]["settled"]),
     )

@@ -7,6 +7,7 @@ upsert makes harmless. A heartbeat thread renews the lease while a batch is in f
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -273,8 +274,9 @@ class RangePipeline:
             "would exceed it — raise it with `backfleet budget --set USD`, then `backfleet resume`"
         )
         if checkpoint.pause_for_budget(self.ctx.db, migration_id, actor=owner, reason=reason):
-            log.warning("budget_paused", migration=migration_id, spent=round(spent, 6),
-                        budget=budget)
+            log.warning(
+                "budget_paused", migration=migration_id, spent=round(spent, 6), budget=budget
+            )
         return True
 
     def run(self, migration_id: int, range_id: int) -> Outcome:
@@ -347,10 +349,9 @@ class RangePipeline:
             log.warning("range_released", migration=migration_id, range=range_id, error=str(exc))
             if isinstance(exc, VectorStoreUnavailable):
                 ctx.reset_store()
-            try:
+            # if even that fails, the lease expires and the reaper re-sends the range
+            with contextlib.suppress(BackfleetError):
                 checkpoint.release(ctx.db, claim, str(exc))
-            except BackfleetError:
-                pass  # the lease expires and the reaper re-sends the range
             return "released"
         except BackfleetError as exc:
             state = checkpoint.fail(ctx.db, claim, f"{type(exc).__name__}: {exc}", cfg.max_attempts)

@@ -22,7 +22,7 @@ def human_bytes(n: float) -> str:
 def human_duration(seconds: float | None) -> str:
     if seconds is None:
         return "unknown"
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     days, rem = divmod(seconds, 86400)
     hours, rem = divmod(rem, 3600)
     minutes, secs = divmod(rem, 60)
@@ -81,6 +81,14 @@ def status_table(st: MigrationStatus) -> Table:
         )
     if st.paused_reason:
         table.add_row("paused", st.paused_reason)
+    for p in st.catchup_passes[-5:]:
+        table.add_row(
+            f"catch-up pass {p['pass']}",
+            f"found {p['found']:,} (updated {p['changed']:,}, created {p['created']:,}, "
+            f"deleted {p['deleted']:,}), applied {p['applied']:,}",
+        )
+    if st.catchup_passes:
+        table.add_row("settled", "yes" if st.settled else "no — run `backfleet catchup` again")
     for f in st.failed[:10]:
         table.add_row(f"failed range {f['range']}", f"attempts {f['attempts']}: {f['error']}")
     return table

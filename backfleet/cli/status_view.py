@@ -36,8 +36,9 @@ class StatusWatcher:
 
     def status(self) -> MigrationStatus:
         price = self.model.price_per_million_tokens if self.model else 0.0
-        st = migration_status(self.db, self.migration_id, self.settings.alias,
-                              price_per_million=price)
+        st = migration_status(
+            self.db, self.migration_id, self.settings.alias, price_per_million=price
+        )
         now = time.monotonic()
         self.samples.append((now, st.docs_done, st.tokens_used))
         while len(self.samples) > 2 and now - self.samples[0][0] > RECENT_SECONDS:
@@ -91,7 +92,11 @@ class StatusWatcher:
             recent.add_column("what", style="bold")
             recent.add_column("value")
             recent.add_row("docs/s", f"{docs_s:,.1f}")
-            limit = f" of {limits.effective_tpm:,.0f} allowed" if limits and limits.effective_tpm else ""
+            limit = (
+                f" of {limits.effective_tpm:,.0f} allowed"
+                if limits and limits.effective_tpm
+                else ""
+            )
             recent.add_row("tokens/min", f"{tpm:,.0f}{limit}")
             recent.add_row("ETA (recent rate)", human_duration(eta))
             parts.append(recent)

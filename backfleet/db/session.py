@@ -47,11 +47,16 @@ def check_reachable(engine: Engine, *, what: str = "database_url") -> None:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
     except (OperationalError, DBAPIError) as exc:
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        reason = _first_line(exc)
         raise DatabaseUnavailable(
-            f"cannot reach {what} {redact_url(engine.url.render_as_string(hide_password=True))}: {reason}",
+            f"cannot reach {what} {engine.url.render_as_string(hide_password=True)}: {reason}",
             hint=f"start the database or fix {what}",
         ) from None
+
+
+def _first_line(exc: DBAPIError) -> str:
+    text = str(exc.orig if exc.orig is not None else exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class Database:
@@ -72,7 +77,7 @@ class Database:
             except OperationalError as exc:
                 session.rollback()
                 raise DatabaseUnavailable(
-                    f"checkpoint database error: {str(exc.orig).strip().splitlines()[0] if exc.orig else exc}"
+                    f"checkpoint database error: {_first_line(exc)}"
                 ) from exc
             except BaseException:
                 session.rollback()

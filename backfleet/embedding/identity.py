@@ -72,8 +72,10 @@ class ModelIdentity:
             if mine != theirs
         ]
         raise ModelMismatch(
-            f"{where} is bound to model {self.tag}, the embedder is {other.tag} ({'; '.join(diffs)})",
-            hint="use the model configuration the generation was built with, or plan a new migration",
+            f"{where} is bound to model {self.tag}, the embedder is {other.tag} "
+            f"({'; '.join(diffs)})",
+            hint="use the model configuration the generation was built with, "
+            "or plan a new migration",
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -41,10 +42,8 @@ class VectorStore:
             self.client: Any = MilvusClient(uri=uri, token=token or "", timeout=TIMEOUT)
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # closing a dead connection is not worth raising
             self.client.close()
-        except Exception:  # closing a dead connection is not an error worth raising
-            pass
 
     # --- generations --------------------------------------------------------------------
 
@@ -135,7 +134,8 @@ class VectorStore:
         if props.get(PROP_OWNER) != OWNER or PROP_MODEL not in props:
             raise VectorStoreError(
                 f"collection {name!r} is not a backfleet generation (no {PROP_MODEL} property)",
-                hint="point the alias at a generation backfleet created, or audit it with `backfleet audit`",
+                hint="point the alias at a generation backfleet created, "
+                "or audit it with `backfleet audit`",
             )
         identity = ModelIdentity.from_json(props[PROP_MODEL])
         id_type = props.get(PROP_ID_TYPE, "int")

@@ -27,25 +27,48 @@ BIN = Path(sys.executable).parent / "backfleet"
 DOCS = 3000
 
 
-def cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN), *args], env={**os.environ, **env}, cwd=cwd, text=True,
-                          capture_output=True, timeout=timeout)
+def cli(
+    args: list[str], env: dict[str, str], cwd: Path, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN), *args],
+        env={**os.environ, **env},
+        cwd=cwd,
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture
 def setup(milvus_uri: str, tmp_path: Path) -> Iterator[tuple[dict[str, str], RehearsalServer]]:
     server = RehearsalServer(rpm=100_000, tpm=100_000_000).start()
     with postgres_database() as pg:
-        model = ModelSettings(provider="openai", name="text-embedding-3-small", version="1",
-                              dimension=32, send_dimensions=True, base_url=server.url,
-                              api_key_env="REHEARSAL_API_KEY", price_per_million_tokens=1000.0)
+        model = ModelSettings(
+            provider="openai",
+            name="text-embedding-3-small",
+            version="1",
+            dimension=32,
+            send_dimensions=True,
+            base_url=server.url,
+            api_key_env="REHEARSAL_API_KEY",
+            price_per_million_tokens=1000.0,
+        )
         settings = make_settings(
-            pg_url=pg, redis_url=redis_db_url(7), milvus_uri=milvus_uri,
-            backfill=BackfillSettings(range_size=500, batch_size=100, lease_seconds=20,
-                                      heartbeat_seconds=3, queue=f"bfcockpit{time.time_ns()}",
-                                      budget_usd=40.0),
+            pg_url=pg,
+            redis_url=redis_db_url(7),
+            milvus_uri=milvus_uri,
+            backfill=BackfillSettings(
+                range_size=500,
+                batch_size=100,
+                lease_seconds=20,
+                heartbeat_seconds=3,
+                queue=f"bfcockpit{time.time_ns()}",
+                budget_usd=40.0,
+            ),
             throttle=ThrottleSettings(rpm=6000, tpm=100_000_000),
-            models={"rehearsal": model}, target_model="rehearsal",
+            models={"rehearsal": model},
+            target_model="rehearsal",
         )
         seed_source(make_engine(pg), DOCS)
         upgrade(Database(pg).engine)
@@ -56,8 +79,9 @@ def setup(milvus_uri: str, tmp_path: Path) -> Iterator[tuple[dict[str, str], Reh
             server.stop()
 
 
-def test_budget_pauses_then_raise_and_resume_finishes(setup: tuple[dict[str, str], RehearsalServer],
-                                                      tmp_path: Path) -> None:
+def test_budget_pauses_then_raise_and_resume_finishes(
+    setup: tuple[dict[str, str], RehearsalServer], tmp_path: Path
+) -> None:
     env, _ = setup
     plan = cli(["plan", "--json"], env, tmp_path)
     assert plan.returncode == 0, plan.stderr
@@ -86,18 +110,30 @@ def test_budget_pauses_then_raise_and_resume_finishes(setup: tuple[dict[str, str
         assert low.returncode == 2 and "below what migration 1 has already spent" in low.stderr
         assert cli(["budget", "--set", "1000"], env, tmp_path).returncode == 0
         # a second worker exposes metrics while the rest runs
-        proc = subprocess.Popen([str(BIN), "worker", "-C", "1", "--metrics-port", str(port)],
-                                env={**os.environ, **env}, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            [str(BIN), "worker", "-C", "1", "--metrics-port", str(port)],
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         fleet_metrics.procs.append(proc)
         resumed = cli(["resume"], env, tmp_path)
         assert resumed.returncode == 0, resumed.stderr
-        wait_for(lambda: json.loads(cli(["status", "--json"], env, tmp_path).stdout)["ranges"]["done"] == 6,
-                 120, "the resumed migration", on_timeout=fleet.logs)
+        wait_for(
+            lambda: (
+                json.loads(cli(["status", "--json"], env, tmp_path).stdout)["ranges"]["done"] == 6
+            ),
+            120,
+            "the resumed migration",
+            on_timeout=fleet.logs,
+        )
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         assert "backfleet_documents_embedded_total" in body
         assert "backfleet_provider_call_seconds_bucket" in body
-        assert 'backfleet_provider_requests_total{model="text-embedding-3-small",outcome="ok"' in body
+        assert (
+            'backfleet_provider_requests_total{model="text-embedding-3-small",outcome="ok"' in body
+        )
     finally:
         fleet.stop()
         fleet_metrics.stop()
@@ -105,12 +141,17 @@ def test_budget_pauses_then_raise_and_resume_finishes(setup: tuple[dict[str, str
     assert st["docs_done"] == DOCS and st["spent_usd"] > 40.0
 
 
-def test_watch_json_and_taken_metrics_port(setup: tuple[dict[str, str], RehearsalServer],
-                                           tmp_path: Path) -> None:
+def test_watch_json_and_taken_metrics_port(
+    setup: tuple[dict[str, str], RehearsalServer], tmp_path: Path
+) -> None:
     env, _ = setup
     assert cli(["plan"], env, tmp_path).returncode == 0
-    proc = subprocess.Popen([str(BIN), "status", "--watch", "--json", "--interval", "0.5"],
-                            env={**os.environ, **env}, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [str(BIN), "status", "--watch", "--json", "--interval", "0.5"],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(4)
     proc.terminate()
     out, _ = proc.communicate(timeout=10)

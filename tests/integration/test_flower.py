@@ -21,7 +21,13 @@ from backfleet.db.schema import upgrade
 from backfleet.db.session import Database, make_engine
 from backfleet.settings import BackfillSettings
 from tests.support.fleet import make_settings, settings_env, wait_for
-from tests.support.services import WorkerFleet, free_port, port_open, postgres_database, redis_db_url
+from tests.support.services import (
+    WorkerFleet,
+    free_port,
+    port_open,
+    postgres_database,
+    redis_db_url,
+)
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
@@ -52,7 +58,9 @@ def get(url: str, auth: str | None = AUTH) -> tuple[int, str]:
 def env(milvus_uri: str) -> Iterator[dict[str, str]]:
     with postgres_database() as pg:
         settings = make_settings(
-            pg_url=pg, redis_url=redis_db_url(15), milvus_uri=milvus_uri,
+            pg_url=pg,
+            redis_url=redis_db_url(15),
+            milvus_uri=milvus_uri,
             backfill=BackfillSettings(range_size=250, batch_size=125, queue="bfflower"),
         )
         seed_source(make_engine(pg), 1000)
@@ -64,10 +72,19 @@ def test_flower_lists_finished_backfill_tasks(env: dict[str, str], tmp_path: Pat
     browser = chromium()
     port = free_port()
     flower = subprocess.Popen(
-        [str(BIN / "celery"), "--broker", env["BACKFLEET_BROKER_URL"], "flower",
-         f"--port={port}", "--address=127.0.0.1", f"--basic-auth={AUTH}", "--persistent=False",
-         "--purge_offline_workers=60"],
-        stdout=open(tmp_path / "flower.log", "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
+        [
+            str(BIN / "celery"),
+            "--broker",
+            env["BACKFLEET_BROKER_URL"],
+            "flower",
+            f"--port={port}",
+            "--address=127.0.0.1",
+            f"--basic-auth={AUTH}",
+            "--persistent=False",
+            "--purge_offline_workers=60",
+        ],
+        stdout=open(tmp_path / "flower.log", "ab"),
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     fleet = WorkerFleet(env, tmp_path)
@@ -75,8 +92,15 @@ def test_flower_lists_finished_backfill_tasks(env: dict[str, str], tmp_path: Pat
         wait_for(lambda: port_open(port), 60, "flower to listen")
         assert get(f"http://127.0.0.1:{port}/tasks", auth=None)[0] == 401  # basic auth is on
         fleet.start(1, concurrency=2)
-        run = lambda *a: subprocess.run([str(BIN / "backfleet"), *a], env={**os.environ, **env},  # noqa: E731
-                                        cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        def run(*a):
+            return subprocess.run(
+                    [str(BIN / "backfleet"), *a],
+                    env={**os.environ, **env},
+                    cwd=tmp_path,
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
         assert run("plan").returncode == 0
         assert run("start").returncode == 0
 
@@ -85,20 +109,39 @@ def test_flower_lists_finished_backfill_tasks(env: dict[str, str], tmp_path: Pat
             return json.loads(body) if status == 200 else {}
 
         def all_succeeded() -> bool:
-            done = [t for t in tasks().values() if t.get("name") == "backfleet.backfill_range"
-                    and t.get("state") == "SUCCESS"]
+            done = [
+                t
+                for t in tasks().values()
+                if t.get("name") == "backfleet.backfill_range" and t.get("state") == "SUCCESS"
+            ]
             return len(done) >= 4
 
-        wait_for(all_succeeded, 120, "flower to see 4 finished backfill tasks",
-                 on_timeout=lambda: (tmp_path / "flower.log").read_text()[-3000:] + fleet.logs())
+        wait_for(
+            all_succeeded,
+            120,
+            "flower to see 4 finished backfill tasks",
+            on_timeout=lambda: (tmp_path / "flower.log").read_text()[-3000:] + fleet.logs(),
+        )
         sample = next(iter(tasks().values()))
-        assert "migration_id" in str(sample.get("kwargs")) and "range_id" in str(sample.get("kwargs"))
+        assert "migration_id" in str(sample.get("kwargs")) and "range_id" in str(
+            sample.get("kwargs")
+        )
 
         shot = tmp_path / "flower-tasks.png"
-        cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-               "--no-first-run", "--disable-background-networking", "--disable-component-update",
-               "--disable-sync", f"--user-data-dir={tmp_path / 'chrome'}",
-               "--window-size=1500,900", "--virtual-time-budget=8000"]
+        cmd = [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'chrome'}",
+            "--window-size=1500,900",
+            "--virtual-time-budget=8000",
+        ]
         url = f"http://{AUTH}@127.0.0.1:{port}/tasks"
         dom = subprocess.run([*cmd, "--dump-dom", url], capture_output=True, text=True, timeout=90)
         assert "backfleet.backfill_range" in dom.stdout, dom.stdout[-2000:] + dom.stderr[-2000:]
