@@ -192,7 +192,9 @@ def worker(
         # one directory only if it is set before any metric module is imported
         import tempfile
 
-        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="backfleet-prom-"))
+        os.environ.setdefault(
+            "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="backfleet-prom-")
+        )
         from backfleet.metrics import serve_metrics
 
         serve_metrics(metrics_port, multiprocess=True)

@@ -7,6 +7,7 @@ versions of the same name live in different coordinate systems, like real models
 
 from __future__ import annotations
 
+import itertools
 import re
 import zlib
 from functools import cached_property
@@ -47,7 +48,7 @@ class HashingEmbedder:
         words = WORD_RE.findall(text.lower())
         feats = list(words)
         if self.name == "hash-words":
-            feats.extend(f"{a} {b}" for a, b in zip(words, words[1:], strict=False))
+            feats.extend(f"{a} {b}" for a, b in itertools.pairwise(words))
         else:
             for word in words:
                 padded = f"<{word}>"
