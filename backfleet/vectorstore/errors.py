@@ -10,8 +10,9 @@ from backfleet.errors import VectorStoreError, VectorStoreUnavailable
 
 T = TypeVar("T")
 
-#: pymilvus error codes that mean "try again later" (unexpected/RPC failure, rate limit).
-_RETRYABLE_CODES = {1, 8}
+#: pymilvus error codes that mean "try again later": unexpected/RPC failure (1), cannot
+#: connect (2), rate limited (8).
+_RETRYABLE_CODES = {1, 2, 8}
 
 
 def _is_unavailable(exc: BaseException) -> bool:
