@@ -6,6 +6,8 @@ module only moves bytes.
 
 from __future__ import annotations
 
+from typing import Any
+
 import base64
 import json
 import math
@@ -30,9 +32,21 @@ KNOWN_DIMENSIONS = {
 }
 
 
-def count_tokens(text: str) -> int:
-    """Billed tokens of one input: ``ceil(len / 4)``, at least 1."""
+def count_tokens(text: str, model: str | None = None) -> int:
+    """Billed tokens of one input: exact cl100k counts for OpenAI's embedding model names
+    (as the real provider bills them), else ``ceil(len / 4)``; at least 1."""
+    if model is not None:
+        from backfleet.embedding.tokens import uses_cl100k
+
+        if uses_cl100k("openai", model):
+            return max(1, _cl100k().count(text))
     return max(1, math.ceil(len(text) / 4))
+
+
+def _cl100k() -> Any:
+    from backfleet.embedding.tokens import counter_for
+
+    return counter_for("openai", "text-embedding-3-small")
 
 
 @dataclass
@@ -85,6 +99,7 @@ class RehearsalApp:
         if faults:
             self.faults.update(faults)
         self.stats = Stats()
+        _cl100k().count("warm up")  # load the vocabulary now, not inside the first request
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._embedders: dict[tuple[str, int], HashingEmbedder] = {}
@@ -161,7 +176,7 @@ class RehearsalApp:
             with self._lock:
                 self.stats.bad_requests += 1
             return error_response(400, str(exc), "invalid_request_error")
-        tokens = sum(count_tokens(t) for t in texts)
+        tokens = sum(count_tokens(t, model) for t in texts)
         with self._lock:
             latency = self.faults.latency_ms / 1000.0
             poisoned = [i for i, t in enumerate(texts) if any(p in t for p in self.faults.poison)]

@@ -100,11 +100,12 @@ class SlidingWindow:
 
     def headers(self) -> dict[str, str]:
         requests, tokens, reset = self.usage()
+        per_minute = 60.0 / self.window  # the limit headers are per minute, like OpenAI's
         return {
-            "x-ratelimit-limit-requests": str(self.rpm),
+            "x-ratelimit-limit-requests": str(round(self.rpm * per_minute)),
             "x-ratelimit-remaining-requests": str(max(0, self.rpm - requests)),
             "x-ratelimit-reset-requests": format_reset(reset),
-            "x-ratelimit-limit-tokens": str(self.tpm),
+            "x-ratelimit-limit-tokens": str(round(self.tpm * per_minute)),
             "x-ratelimit-remaining-tokens": str(max(0, self.tpm - tokens)),
             "x-ratelimit-reset-tokens": format_reset(reset),
         }

@@ -7,6 +7,12 @@ truth for what the fleet sent. The rehearsal server announces its limits in
 real 60 s wherever the server's limits are meant to bind (test 1). Tests 2-4 share one running
 backfill (module fixture, in file order) whose server limits are far above the throttle's, so
 the throttle alone sets the pace; test 4 lifts the limits and finishes that backfill.
+
+The model is named ``rehearsal-embed`` rather than ``text-embedding-3-small``: for OpenAI's
+cl100k model names the client counts tokens exactly with cl100k (``embedding/tokens.py``), but
+the rehearsal server bills ``ceil(len / 4)`` whatever the name, ~1.45x more on this corpus, so
+the throttle's TPM and the server's would disagree. For any other name the client's
+estimating counter learns the server's billing ratio and both count the same tokens.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from backfleet.db.schema import upgrade
 from backfleet.db.session import Database, make_engine
 from backfleet.embedding.factory import embedder_for
 from backfleet.rehearsal import RehearsalServer
-from backfleet.settings import BackfillSettings, ModelSettings, Settings, ThrottleSettings
+from backfleet.settings import ModelSettings, Settings, ThrottleSettings
 from backfleet.source import Source, text_hash
 from backfleet.throttle import FleetThrottle
 from coordinator.dispatcher import start_migration
@@ -45,6 +51,7 @@ pytestmark = pytest.mark.integration
 REDIS_DB = 10
 KEY_ENV = "REHEARSAL_KEY"
 DIMENSION = 64
+MODEL_NAME = "rehearsal-embed"  # not a cl100k name: see the module docstring
 WORKERS = 3
 
 
@@ -105,7 +112,7 @@ def _rig(
     rpm: int, tpm: int, batch_size: int, range_size: int,
 ) -> Rig:
     model = ModelSettings(
-        provider="openai", name="text-embedding-3-small", version="1", dimension=DIMENSION,
+        provider="openai", name=MODEL_NAME, version="1", dimension=DIMENSION,
         send_dimensions=True, base_url=server.url, api_key_env=KEY_ENV,
     )
     settings = make_settings(
@@ -178,12 +185,12 @@ def chdir_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_three_workers_stay_within_provider_limits(milvus_uri: str, chdir_tmp: Path) -> None:
     rpm, tpm = 300, 1_000_000  # requests bind: 8 docs x ~75 tokens = ~600 tokens a request
-    # 2,480 docs in batches of 8 = 310 requests (+4 fingerprint probes): a bit over one 60 s
+    # 2,400 docs in batches of 8 = 300 requests (+4 fingerprint probes): a bit over one 60 s
     # window of the limit, so the run covers the first-window burst and the window sliding on
     server = RehearsalServer(rpm=rpm, tpm=tpm, window_seconds=60.0, default_dimension=DIMENSION)
     with postgres_database() as pg_url, server:
         rig = _rig(pg_url=pg_url, milvus_uri=milvus_uri, workdir=chdir_tmp, server=server,
-                   docs=2480, rpm=rpm, tpm=tpm, batch_size=8, range_size=200)
+                   docs=2400, rpm=rpm, tpm=tpm, batch_size=8, range_size=200)
         try:
             started = time.monotonic()
             wait_for(rig.done, 150, "every range done", on_timeout=rig.fleet.logs)
@@ -199,7 +206,7 @@ def test_three_workers_stay_within_provider_limits(milvus_uri: str, chdir_tmp: P
         assert len(per_worker) == WORKERS and all(per_worker), per_worker
         assert stats["max_requests_in_window"] <= rpm
         assert stats["max_tokens_in_window"] <= tpm
-        # the fleet ran at the limit, not far below it: 314 requests cannot fit in one window
+        # the fleet ran at the limit, not far below it: 304 requests cannot fit in one window
         assert stats["max_requests_in_window"] >= 0.9 * rpm
         assert elapsed >= 55, "the fleet outran the provider's window"
         assert stats["429s"] <= 0.02 * stats["requests"], stats
@@ -223,7 +230,7 @@ def rig(milvus_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[R
     try:
         with postgres_database() as pg_url, server:
             rig = _rig(pg_url=pg_url, milvus_uri=milvus_uri, workdir=workdir, server=server,
-                       docs=8000, rpm=BASE_RPM, tpm=BASE_TPM, batch_size=8, range_size=500)
+                       docs=5600, rpm=BASE_RPM, tpm=BASE_TPM, batch_size=8, range_size=500)
             try:
                 wait_for(lambda: rig.accepted() >= 20, 60, "the fleet to start",
                          on_timeout=rig.fleet.logs)
@@ -242,61 +249,62 @@ def _running(rig: Rig) -> None:
 def test_injected_429_burst_cools_the_fleet_and_it_recovers(rig: Rig) -> None:
     _running(rig)
     wait_for(lambda: rig.throttle.limits().factor >= 1.0, 60, "full speed before the burst")
-    before, _ = rig.rate(6.0)
+    before, _ = rig.rate(4.0)
     assert before == pytest.approx(BASE_RPM / 60, rel=0.2)
 
+    # two 429s with Retry-After 0.4 s: each holds every worker (shared cool-down), and the
+    # fleet's rate is cut by 30% (AIMD, at most once a second, so once or twice here)
     stats0 = rig.stats()
-    rig.server.set_faults(next={"429": 3}, retry_after_seconds=2.0)
-    wait_for(lambda: rig.stats()["injected_429"] - stats0["injected_429"] >= 3, 20,
+    t0 = time.monotonic()
+    rig.server.set_faults(next={"429": 2}, retry_after_seconds=0.4)
+    wait_for(lambda: rig.stats()["injected_429"] - stats0["injected_429"] >= 2, 20,
              "the injected 429s to be served")
-    status = rig.throttle.limits()
-    assert status.factor < 1.0  # the fleet's rate shrank (AIMD) …
-    during = (rig.accepted() - stats0["accepted"])
-    # … and each 429 held every worker for its 2 s Retry-After (shared cool-down): 3 injected
-    # 429s take >= 4 s to reach three different requests, in which ~24 would have gone out
-    assert during <= 12, f"{during} requests accepted during the 429 burst"
-    slowed, _ = rig.rate(4.0)
-    assert slowed < 0.9 * before
+    burst = rig.stats()
+    burst_seconds = time.monotonic() - t0
+    assert 0.45 <= rig.throttle.limits().factor <= 0.75
+    # while the 429s were served the fleet all but stopped (not 6/s each worker on its own)
+    during = burst["accepted"] - stats0["accepted"]
+    assert during <= 0.5 * before * burst_seconds + 2, (during, burst_seconds)
 
-    started = time.monotonic()
+    # the factor climbs back (+0.02/s fleet-wide): slower meanwhile, then full speed again
     wait_for(lambda: rig.throttle.limits().factor >= 1.0, 60, "the factor back at 1.0")
-    burst_seconds = time.monotonic() - started
-    after, _ = rig.rate(6.0)
-    print(f"\n429 burst: before {before:.2f}/s, slowed {slowed:.2f}/s, recovered in "
-          f"{burst_seconds:.1f}s, after {after:.2f}/s")
-    assert after >= 0.85 * before
+    recovering = rig.stats()
+    recovery_seconds = time.monotonic() - t0 - burst_seconds
+    slowed = (recovering["accepted"] - burst["accepted"]) / recovery_seconds
+    assert slowed < 0.9 * before
+    after, _ = rig.rate(4.0)
+    print(f"\n429 burst: before {before:.2f}/s, {during} accepted in the {burst_seconds:.1f}s "
+          f"burst, {slowed:.2f}/s over the {recovery_seconds:.1f}s recovery, after {after:.2f}/s")
+    assert after == pytest.approx(before, rel=0.15)
     assert rig.stats()["rate_limited"] == 0  # the provider's own limit was never hit
 
 
 def test_rethrottle_applies_to_the_running_fleet(rig: Rig) -> None:
     _running(rig)
-    base, _ = rig.rate(5.0)
+    base, _ = rig.rate(4.0)
     assert base == pytest.approx(BASE_RPM / 60, rel=0.2)
 
     out = rig.cli("--rpm", "120")  # 2 requests/s
     assert "120" in out
-    time.sleep(2.0)  # the in-flight request and the old bucket drain
-    cut, _ = rig.rate(8.0)
+    time.sleep(1.5)  # the in-flight request and the old bucket drain
+    cut, _ = rig.rate(6.0)
     assert cut == pytest.approx(2.0, rel=0.25), f"after --rpm 120: {cut:.2f}/s"
 
     rig.cli("--rpm", "720")  # 12 requests/s
     time.sleep(1.5)
-    raised, _ = rig.rate(6.0)
+    raised, _ = rig.rate(4.0)
     assert raised == pytest.approx(12.0, rel=0.2), f"after --rpm 720: {raised:.2f}/s"
 
     # tokens bind: 24,000 tokens/min = 400 tokens/s, under 1 request/s of ~600 tokens
     rig.cli("--tpm", "24000")
-    time.sleep(3.0)
-    req_rate, tok_rate = rig.rate(8.0)
+    time.sleep(2.5)
+    req_rate, tok_rate = rig.rate(9.0)
     assert tok_rate == pytest.approx(400, rel=0.3), f"after --tpm 24000: {tok_rate:.0f} tok/s"
     assert req_rate < 1.5
 
-    rig.throttle.set_limits(rpm=BASE_RPM, tpm=BASE_TPM)
-    time.sleep(1.5)
-    back, _ = rig.rate(5.0)
+    rig.throttle.set_limits(rpm=BASE_RPM, tpm=BASE_TPM)  # in-process, like the CLI does
     print(f"\nrethrottle: base {base:.2f}/s, --rpm 120 {cut:.2f}/s, --rpm 720 {raised:.2f}/s, "
-          f"--tpm 24000 {tok_rate:.0f} tok/s ({req_rate:.2f}/s), back {back:.2f}/s")
-    assert back == pytest.approx(BASE_RPM / 60, rel=0.2)
+          f"--tpm 24000 {tok_rate:.0f} tok/s ({req_rate:.2f}/s)")
     assert rig.stats()["rate_limited"] == 0
 
 
@@ -306,10 +314,10 @@ def test_pause_holds_every_call_and_resume_finishes_exactly_once(rig: Rig,
     docs_before = rig.status().docs_done
     out = rig.cli("--pause")
     assert "yes" in out
-    time.sleep(2.0)  # a call granted just before the pause may still land
+    time.sleep(1.5)  # a call granted just before the pause may still land
     held_from = rig.stats()
     docs_held = rig.status().docs_done
-    time.sleep(6.0)
+    time.sleep(5.0)
     held_to = rig.stats()
     assert held_to["requests"] == held_from["requests"], "a call went out while paused"
     assert rig.status().docs_done == docs_held

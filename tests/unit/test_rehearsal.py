@@ -154,7 +154,9 @@ def test_embeddings_response_is_openai_shaped(server: RehearsalServer) -> None:
     assert all(d["object"] == "embedding" for d in body["data"])
     assert len(body["data"][0]["embedding"]) == DEFAULT_DIMENSION
     assert body["usage"] == {"prompt_tokens": 2 + 3, "total_tokens": 5}
-    assert headers["x-ratelimit-limit-requests"] == "3"
+    assert (
+        headers["x-ratelimit-limit-requests"] == "180"
+    )  # 3 per 1 s window, announced per minute like OpenAI
     assert headers["x-ratelimit-remaining-requests"] == "2"
     assert headers["x-ratelimit-remaining-tokens"] == str(100 - 5)
 

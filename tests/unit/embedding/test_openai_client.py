@@ -69,8 +69,10 @@ def test_embed_returns_vectors_tokens_and_headers(embedder: OpenAIEmbedder) -> N
     assert result.vectors.dtype == np.float32
     assert result.vectors.shape == (3, DIM)
     np.testing.assert_allclose(np.linalg.norm(result.vectors, axis=1), 1.0, rtol=1e-5)
-    assert result.tokens == sum(estimate_tokens(t) for t in texts)
-    assert result.headers["x-ratelimit-limit-requests"] == "1000"
+    assert result.tokens == sum(embedder.count_tokens(t) for t in texts)  # billed like OpenAI
+    assert (
+        result.headers["x-ratelimit-limit-requests"] == "60000"
+    )  # 1000 per 1 s window, announced per minute
     assert result.headers["x-ratelimit-remaining-requests"] == "999"
     assert "x-ratelimit-remaining-tokens" in result.headers
 
