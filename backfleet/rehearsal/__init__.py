@@ -11,9 +11,10 @@ Endpoints
     the local ``hash-ngrams`` embedder seeded by the requested model string, so two model
     names are two coordinate systems. The dimension is ``dimensions`` if sent, else the known
     size of an OpenAI model name (``KNOWN_DIMENSIONS``), else the server default (1536, the
-    size of text-embedding-3-small). Tokens are billed exactly (cl100k) for OpenAI model names, else as ``ceil(len(text) / 4)`` per input
-    (at least 1), what the client counts. Like OpenAI, an empty string, more than
-    2048 inputs, or token arrays are refused with 400.
+    size of text-embedding-3-small). Tokens are billed like the provider would: exactly
+    (cl100k) for OpenAI's embedding model names, else ``ceil(len(text) / 4)`` per input (at
+    least 1) — what the client counts. Like OpenAI, an empty string, more than 2048 inputs,
+    or token arrays are refused with 400.
 ``GET /admin/stats``, ``POST /admin/reset`` (counters and window), ``GET|POST /admin/faults``,
 ``POST /admin/limits`` (``{"rpm"?, "tpm"?}``), ``GET /health``. Admin needs no key.
 

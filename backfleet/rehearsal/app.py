@@ -6,8 +6,6 @@ module only moves bytes.
 
 from __future__ import annotations
 
-from typing import Any
-
 import base64
 import json
 import math
@@ -16,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +38,7 @@ def count_tokens(text: str, model: str | None = None) -> int:
         from backfleet.embedding.tokens import uses_cl100k
 
         if uses_cl100k("openai", model):
-            return max(1, _cl100k().count(text))
+            return max(1, int(_cl100k().count(text)))
     return max(1, math.ceil(len(text) / 4))
 
 

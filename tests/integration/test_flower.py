@@ -83,7 +83,7 @@ def test_flower_lists_finished_backfill_tasks(env: dict[str, str], tmp_path: Pat
             "--persistent=False",
             "--purge_offline_workers=60",
         ],
-        stdout=open(tmp_path / "flower.log", "ab"),
+        stdout=open(tmp_path / "flower.log", "ab"),  # noqa: SIM115 - lives as long as Flower
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
@@ -92,15 +92,17 @@ def test_flower_lists_finished_backfill_tasks(env: dict[str, str], tmp_path: Pat
         wait_for(lambda: port_open(port), 60, "flower to listen")
         assert get(f"http://127.0.0.1:{port}/tasks", auth=None)[0] == 401  # basic auth is on
         fleet.start(1, concurrency=2)
+
         def run(*a):
             return subprocess.run(
-                    [str(BIN / "backfleet"), *a],
-                    env={**os.environ, **env},
-                    cwd=tmp_path,
-                    capture_output=True,
-                    text=True,
-                    timeout=60,
-                )
+                [str(BIN / "backfleet"), *a],
+                env={**os.environ, **env},
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+
         assert run("plan").returncode == 0
         assert run("start").returncode == 0
 
