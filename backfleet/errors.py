@@ -54,6 +54,14 @@ class NotFound(Permanent):
     """A migration, range or generation that was named does not exist."""
 
 
+class GoldenSetError(Permanent):
+    """A golden query file is malformed (the message names the line) or names unknown ids."""
+
+
+class GateClosed(MigrationStateError):
+    """A cutover gate (clean reconcile, GO evaluation, holdover) is not satisfied."""
+
+
 # --- services ----------------------------------------------------------------------------
 
 

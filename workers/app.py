@@ -9,6 +9,7 @@ from celery import Celery
 from backfleet.errors import ConfigError
 from backfleet.settings import Settings
 from workers.context import WorkerContext
+from workers.dual_write import register as register_dual_write
 from workers.limits import Throttle
 from workers.tasks import register_tasks
 
@@ -46,5 +47,6 @@ def create_app(settings: Settings, *, eager: bool = False, throttle: Throttle | 
     )
     ctx = WorkerContext(settings, throttle=throttle)
     register_tasks(app, ctx)
+    register_dual_write(app, ctx)
     app.backfleet_context = ctx
     return app

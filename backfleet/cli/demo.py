@@ -213,4 +213,7 @@ def _run(console: Console, docs: int, work: Path) -> None:
             source,
         )
     )
+    from backfleet.cli.demo_switch import prove_and_switch
+
+    prove_and_switch(console, settings, db, store, source, report.migration_id)
     store.close()
