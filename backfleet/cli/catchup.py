@@ -32,7 +32,7 @@ def catchup(
     """
     from rich.table import Table
 
-    from backfleet.cli.render import print_json
+    from backfleet.cli.render import catchup_table, print_json
     from backfleet.cli.wiring import celery_app, check_broker, open_db, open_source, open_store
     from coordinator.catchup import run_catchup
 
@@ -54,21 +54,7 @@ def catchup(
     if json_out:
         print_json(console, report.to_dict())
     else:
-        table = Table(title=f"catch-up of migration {report.migration_id} ({report.state})")
-        for col in ("pass", "mode", "updated", "created", "deleted", "applied", "new ranges", "s"):
-            table.add_column(col)
-        for p in report.passes:
-            table.add_row(
-                str(p.pass_no),
-                p.mode,
-                f"{p.changed:,}",
-                f"{p.created:,}",
-                f"{p.deleted:,}",
-                f"{p.applied:,}",
-                ", ".join(map(str, p.new_ranges)) or "-",
-                f"{p.seconds:.1f}",
-            )
-        console.print(table)
+        console.print(catchup_table(report))
         console.print(
             "settled" if report.settled else "not settled: changes keep coming; run it again"
         )

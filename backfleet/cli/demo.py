@@ -11,13 +11,14 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from backfleet.cli.render import plan_table, status_table
+from backfleet.cli.render import catchup_table, plan_table, status_table
 from backfleet.corpus import seed_source
 from backfleet.db.schema import upgrade
 from backfleet.db.session import Database, make_engine
@@ -26,6 +27,7 @@ from backfleet.logs import configure_logging
 from backfleet.settings import BackfillSettings, Settings, SourceSettings
 from backfleet.source import Source
 from backfleet.vectorstore import Generation, VectorStore, generation_name
+from coordinator.catchup import run_catchup
 from coordinator.dispatcher import start_migration
 from coordinator.planner import plan_migration
 from coordinator.status import migration_status
@@ -101,6 +103,35 @@ def search_table(
             )
         table.add_row(*cells)
     return table
+
+
+def edit_source(engine: Any, docs: int) -> dict[str, int]:
+    """What users do during a multi-day backfill: edit, add and delete documents."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import delete, insert, update
+
+    from backfleet.corpus import documents, source_table
+
+    tbl = source_table("documents")
+    later = datetime.now(UTC) + timedelta(seconds=1)
+    updated = list(range(7, docs, max(1, docs // 40)))[:40]
+    deleted = list(range(11, docs, max(1, docs // 15)))[:15]
+    deleted = [i for i in deleted if i not in updated]
+    with engine.begin() as conn:
+        for i in updated:
+            conn.execute(
+                update(tbl)
+                .where(tbl.c.id == i)
+                .values(text=f"edited document {i}: refund policy changed", updated_at=later)
+            )
+        conn.execute(delete(tbl).where(tbl.c.id.in_(deleted)))
+        new = [
+            {"id": ident, "topic": topic, "text": text, "updated_at": later}
+            for ident, topic, text in documents(25, seed=99, start_id=docs + 1)
+        ]
+        conn.execute(insert(tbl), new)
+    return {"updated": len(updated), "created": len(new), "deleted": len(deleted)}
 
 
 def run_demo(console: Console, *, docs: int, workdir: Path | None) -> None:
@@ -213,6 +244,16 @@ def _run(console: Console, docs: int, work: Path) -> None:
             source,
         )
     )
+    console.rule("6. users keep editing during the backfill: backfleet catchup")
+    edits = edit_source(source_engine, docs)
+    console.print(
+        f"source edited behind the fleet's back: {edits['updated']} updated, "
+        f"{edits['created']} created, {edits['deleted']} deleted"
+    )
+    catchup = run_catchup(settings, db, store, source, app, report.migration_id, actor=ACTOR)
+    console.print(catchup_table(catchup))
+    console.print("settled: the shadow has caught up" if catchup.settled else "not settled")
+
     from backfleet.cli.demo_switch import prove_and_switch
 
     prove_and_switch(console, settings, db, store, source, report.migration_id)

@@ -70,14 +70,14 @@ def prove_and_switch(
     migration = load_migration(db, migration_id)
     shadow = store.open_generation(migration.target_generation)
 
-    console.rule("6. backfleet reconcile: every id, current text, one model")
+    console.rule("7. backfleet reconcile: every id, current text, one model")
     rec = reconcile_migration(db, source, shadow, migration, None, sample=0)
     console.print(
         f"reconcile #{rec.reconcile_id}: {'clean' if rec.clean else 'NOT clean'} "
         f"({rec.source_docs:,} source documents, {rec.generation_rows:,} rows)"
     )
 
-    console.rule("7. backfleet eval: live v1 against shadow v2 on a judged query set")
+    console.rule("8. backfleet eval: live v1 against shadow v2 on a judged query set")
     golden = topic_golden(source, migration.id_type)
     report = evaluate(settings, db, store, source, golden, migration, actor=ACTOR)
     console.print(eval_table(report))
@@ -91,24 +91,24 @@ def prove_and_switch(
     force = None if report.verdict == "GO" else "demo: pseudo-queries only"
     router = Router(settings, db=db, store=store, refresh_seconds=0)
 
-    console.rule("8. backfleet cutover --percent 5: a sticky 5% of keys go to the shadow")
+    console.rule("9. backfleet cutover --percent 5: a sticky 5% of keys go to the shadow")
     set_canary(db, store, migration_id, 5, actor=ACTOR, force_reason=force)
     keys = [f"user-{i}" for i in range(10_000)]
     share = sum(in_canary(k, 5) for k in keys) / 100
     console.print(f"canary share over 10,000 keys: {share:.2f}% (target 5%)")
     console.print(_router_table(router, "backfleet.Router: one generation per answer"))
 
-    console.rule("9. backfleet cutover --full: atomic alias swap")
+    console.rule("10. backfleet cutover --full: atomic alias swap")
     full_cutover(db, store, migration_id, actor=ACTOR, force_reason=force)
     console.print(f"alias {settings.alias} → {store.resolve_alias(settings.alias)}")
     console.print(_router_table(router, "after the swap: every key on v2"))
 
-    console.rule("10. backfleet rollback: back to v1 at once")
+    console.rule("11. backfleet rollback: back to v1 at once")
     rollback(db, store, migration_id, actor=ACTOR, reason="demo")
     console.print(f"alias {settings.alias} → {store.resolve_alias(settings.alias)}")
     console.print(_router_table(router, "after the rollback: the old answers"))
 
-    console.rule("11. backfleet cutover --full again (finalize drops v1 after the holdover)")
+    console.rule("12. backfleet cutover --full again (finalize drops v1 after the holdover)")
     full_cutover(db, store, migration_id, actor=ACTOR, force_reason=force)
     console.print(
         f"alias {settings.alias} → {store.resolve_alias(settings.alias)}; "

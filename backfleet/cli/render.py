@@ -116,3 +116,22 @@ def print_json(console: Console, data: Any) -> None:
     import json
 
     console.print_json(json.dumps(data, default=str))
+
+
+def catchup_table(report: Any) -> Table:
+    """The passes of one ``backfleet catchup`` run."""
+    table = Table(title=f"catch-up of migration {report.migration_id} ({report.state})")
+    for col in ("pass", "mode", "updated", "created", "deleted", "applied", "new ranges", "s"):
+        table.add_column(col)
+    for p in report.passes:
+        table.add_row(
+            str(p.pass_no),
+            p.mode,
+            f"{p.changed:,}",
+            f"{p.created:,}",
+            f"{p.deleted:,}",
+            f"{p.applied:,}",
+            ", ".join(map(str, p.new_ranges)) or "-",
+            f"{p.seconds:.1f}",
+        )
+    return table
