@@ -30,7 +30,6 @@ def catchup(
 
     Exits 0 when the last pass settled, 1 when max passes ran without settling.
     """
-    from rich.table import Table
 
     from backfleet.cli.render import catchup_table, print_json
     from backfleet.cli.wiring import celery_app, check_broker, open_db, open_source, open_store
