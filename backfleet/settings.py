@@ -315,6 +315,9 @@ lease_seconds = 120      # a range lease expires unless renewed by heartbeats
 heartbeat_seconds = 20
 max_attempts = 5         # per range, then `failed` with the error kept
 index_type = "HNSW"
+# budget_usd = 50.0      # the fleet pauses before spend would exceed it (`backfleet budget`)
+reap_interval_seconds = 10   # `backfleet supervise`: how often it looks for lost work
+resend_after_seconds = 120   # re-send a pending range's task when its last one is this old
 
 [throttle]
 rpm = 3000               # fleet-wide requests per minute
@@ -350,4 +353,8 @@ dimension = 384
 # base_url = "https://api.openai.com/v1"   # or `backfleet fake-provider` to rehearse
 # api_key_env = "OPENAI_API_KEY"            # or api_key_file = "/run/secrets/openai"
 # price_per_million_tokens = 0.02
+# max_inputs_per_request = 2048             # the provider's per-request limits
+# max_request_tokens = 300000
+# max_input_tokens = 8192
+# oversize_policy = "truncate"              # or "reject" (to dead letters)
 """
