@@ -40,10 +40,11 @@ from backfleet.embedding.identity import ModelIdentity
 from backfleet.embedding.packing import PackLimits, pack
 from backfleet.embedding.retry import call_with_retries
 from backfleet.errors import BackfleetError, ConfigError, NotFound
+from backfleet.limits import build_throttle
 from backfleet.logs import get_logger
 from backfleet.settings import Settings
 from backfleet.source import Doc, Source, SourceId, text_hash
-from backfleet.throttle import NullThrottle, Throttle
+from backfleet.throttle import Throttle
 from backfleet.vectorstore import Generation, VectorStore
 
 log = get_logger("backfleet.dualwrite")
@@ -58,29 +59,6 @@ DUAL_WRITE_STATES = (
     MigrationState.PAUSED,
     MigrationState.ROLLED_BACK,
 )
-
-
-def throttle_key(settings: Settings, label: str) -> str:
-    """The fleet-wide limiter key of a model (the workers use the same one)."""
-    model = settings.model(label)
-    return f"backfleet:throttle:{model.provider}:{model.name}"
-
-
-def fleet_throttle(settings: Settings, label: str) -> Throttle:
-    """The fleet-wide Redis limiter of a model (local models are not limited)."""
-    model = settings.model(label)
-    if model.provider == "local":
-        return NullThrottle()
-    import redis
-
-    from backfleet.throttle import FleetThrottle
-
-    client = redis.Redis.from_url(
-        settings.redis_url, socket_timeout=5, socket_connect_timeout=3, health_check_interval=30
-    )
-    limiter = FleetThrottle(client, throttle_key(settings, label))
-    limiter.ensure_limits(settings.throttle.rpm, settings.throttle.tpm)
-    return limiter
 
 
 def label_for_identity(
@@ -194,7 +172,7 @@ class DualWriter:
 
     def _own_throttle(self, label: str) -> Throttle:
         if label not in self._throttles:
-            self._throttles[label] = fleet_throttle(self.settings, label)
+            self._throttles[label] = build_throttle(self.settings, label)
         return self._throttles[label]
 
     # --- where writes go ----------------------------------------------------------------

@@ -34,6 +34,7 @@ from sqlalchemy import func, select, update
 
 from backfleet.db.checkpoint import record_event, utcnow
 from backfleet.db.models import CatchupPass, Migration, MigrationState, Range, RangeState
+from backfleet.db.queries import latest_of_migration
 from backfleet.db.session import Database
 from backfleet.embedding.identity import ModelIdentity
 from backfleet.errors import MigrationStateError, NotFound, Retryable
@@ -201,20 +202,7 @@ def split_tail(
 
 
 def _previous(db: Database, migration_id: int) -> CatchupPass | None:
-    with db.session() as session:
-        row = (
-            session.execute(
-                select(CatchupPass)
-                .where(CatchupPass.migration_id == migration_id)
-                .order_by(CatchupPass.pass_no.desc())
-                .limit(1)
-            )
-            .scalars()
-            .first()
-        )
-        if row is not None:
-            session.expunge(row)
-        return row
+    return latest_of_migration(db, CatchupPass, migration_id, CatchupPass.pass_no)
 
 
 def _done_ranges(db: Database, migration_id: int) -> list[Range]:

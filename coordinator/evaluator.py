@@ -22,10 +22,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
 
 from backfleet.db.checkpoint import record_event, utcnow
 from backfleet.db.models import Evaluation, Migration
+from backfleet.db.queries import latest_of_migration
 from backfleet.db.session import Database
 from backfleet.embedding.base import Embedder, Matrix
 from backfleet.embedding.identity import ModelIdentity
@@ -393,17 +393,4 @@ def evaluate(
 
 
 def latest_evaluation(db: Database, migration_id: int) -> Evaluation | None:
-    with db.session() as session:
-        row = (
-            session.execute(
-                select(Evaluation)
-                .where(Evaluation.migration_id == migration_id)
-                .order_by(Evaluation.id.desc())
-                .limit(1)
-            )
-            .scalars()
-            .first()
-        )
-        if row is not None:
-            session.expunge(row)
-        return row
+    return latest_of_migration(db, Evaluation, migration_id, Evaluation.id)

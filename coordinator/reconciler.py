@@ -38,6 +38,7 @@ from sqlalchemy import select
 
 from backfleet.db.checkpoint import utcnow
 from backfleet.db.models import Migration, Range, Reconcile
+from backfleet.db.queries import latest_of_migration
 from backfleet.db.session import Database
 from backfleet.embedding.base import Embedder
 from backfleet.embedding.identity import ModelIdentity
@@ -507,17 +508,4 @@ def reconcile_migration(
 
 def latest_reconcile(db: Database, migration_id: int) -> Reconcile | None:
     """The newest Reconcile row of a migration (the cutover gate), or ``None``."""
-    with db.session() as session:
-        row = (
-            session.execute(
-                select(Reconcile)
-                .where(Reconcile.migration_id == migration_id)
-                .order_by(Reconcile.id.desc())
-                .limit(1)
-            )
-            .scalars()
-            .first()
-        )
-        if row is not None:
-            session.expunge(row)
-        return row
+    return latest_of_migration(db, Reconcile, migration_id, Reconcile.id)

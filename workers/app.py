@@ -10,7 +10,7 @@ from backfleet.errors import ConfigError
 from backfleet.settings import Settings
 from workers.context import WorkerContext
 from workers.dual_write import register as register_dual_write
-from workers.limits import Throttle
+from backfleet.limits import Throttle
 from workers.tasks import register_tasks
 
 

@@ -15,7 +15,7 @@ from backfleet.errors import NotFound
 from backfleet.settings import Settings
 from backfleet.source import Source
 from backfleet.vectorstore import Generation, VectorStore
-from workers.limits import Throttle, build_throttle
+from backfleet.limits import Throttle, build_throttle
 
 
 class WorkerContext:

@@ -34,7 +34,7 @@ from backfleet.logs import get_logger
 from backfleet.source import Doc, Source, text_hash
 from backfleet.vectorstore import Generation
 from workers.context import WorkerContext
-from workers.limits import Throttle
+from backfleet.limits import Throttle
 
 log = get_logger("backfleet.pipeline")
 

@@ -32,7 +32,7 @@ from coordinator.dispatcher import start_migration
 from coordinator.planner import plan_migration
 from coordinator.status import migration_status
 from workers.app import create_app
-from workers.limits import NullThrottle
+from backfleet.limits import NullThrottle
 from workers.pipeline import embed_batch
 
 ACTOR = "demo"

@@ -174,7 +174,7 @@ def throttle(
 
     from backfleet.cli.render import print_json, throttle_table
     from backfleet.throttle import FleetThrottle
-    from workers.limits import build_throttle
+    from backfleet.limits import build_throttle
 
     s = settings()
     label = model or s.target_model

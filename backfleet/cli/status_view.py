@@ -63,7 +63,7 @@ class StatusWatcher:
             return None
         try:
             if self._throttle is None:
-                from workers.limits import build_throttle
+                from backfleet.limits import build_throttle
 
                 self._throttle = build_throttle(self.settings, self.label)
             return self._throttle.limits()

@@ -76,9 +76,7 @@ class Database:
                 session.commit()
             except OperationalError as exc:
                 session.rollback()
-                raise DatabaseUnavailable(
-                    f"checkpoint database error: {_first_line(exc)}"
-                ) from exc
+                raise DatabaseUnavailable(f"checkpoint database error: {_first_line(exc)}") from exc
             except BaseException:
                 session.rollback()
                 raise

@@ -3,6 +3,10 @@
 ``hash-words`` hashes word unigrams and bigrams; ``hash-ngrams`` hashes words and character
 3-grams (more robust to typos and inflections). Both are seeded by name and version, so two
 versions of the same name live in different coordinate systems, like real models do.
+
+``zero-cost`` is for benchmarks: it costs (almost) nothing, so what a benchmark measures is the
+fleet around the embedder. Each text picks a row of a fixed table of random unit vectors (seeded
+by name and version) by the crc32 of its text: deterministic, and a few microseconds a batch.
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ from backfleet.embedding.identity import PROBE_TEXTS, ModelIdentity, fingerprint
 from backfleet.errors import ConfigError
 
 WORD_RE = re.compile(r"\w+", re.UNICODE)
-KINDS = ("hash-words", "hash-ngrams")
+ZERO_COST = "zero-cost"
+KINDS = ("hash-words", "hash-ngrams", ZERO_COST)
+#: Rows of the zero-cost model's vector table.
+ZERO_COST_ROWS = 4096
 
 
 class HashingEmbedder:
@@ -31,7 +38,7 @@ class HashingEmbedder:
         if name not in KINDS:
             raise ConfigError(
                 f"unknown local model {name!r} (known: {', '.join(KINDS)})",
-                hint="set models.<label>.name to hash-words or hash-ngrams",
+                hint="set models.<label>.name to hash-words, hash-ngrams or zero-cost",
             )
         if dimension < 2:
             raise ConfigError("a local model needs dimension >= 2", hint="models.<label>.dimension")
@@ -43,6 +50,12 @@ class HashingEmbedder:
         # feature independently (a crc32 start value alone only XORs a length-fixed pattern)
         self._prefix = f"{name}@{version}\x00".encode()
         self._seed = zlib.crc32(self._prefix)
+        self._table: Matrix | None = None
+        if name == ZERO_COST:
+            rng = np.random.default_rng(self._seed)
+            table = rng.standard_normal((ZERO_COST_ROWS, dimension)).astype(np.float32)
+            table /= np.linalg.norm(table, axis=1, keepdims=True)
+            self._table = table
 
     def _features(self, text: str) -> list[str]:
         words = WORD_RE.findall(text.lower())
@@ -71,12 +84,20 @@ class HashingEmbedder:
         return vec
 
     def embed(self, texts: list[str]) -> EmbedResult:
+        if self._table is not None:
+            prefix = self._prefix
+            rows = [zlib.crc32(prefix + t.encode()) % ZERO_COST_ROWS for t in texts]
+            return EmbedResult(
+                vectors=self._table[rows], tokens=sum(self.count_tokens(t) for t in texts)
+            )
         out: Matrix = np.empty((len(texts), self.dimension), dtype=np.float32)
         for i, text in enumerate(texts):
             out[i] = self._vector(text)
         return EmbedResult(vectors=out, tokens=sum(self.count_tokens(t) for t in texts))
 
     def count_tokens(self, text: str) -> int:
+        if self._table is not None:  # zero-cost: an estimate that costs nothing either
+            return max(1, len(text) // 4)
         return max(1, len(WORD_RE.findall(text)))
 
     @cached_property

@@ -44,7 +44,7 @@ from coordinator.status import migration_status
 from tests.support.fleet import make_settings, settings_env, wait_for
 from tests.support.services import VENV_BIN, WorkerFleet, postgres_database, redis_db_url
 from workers.app import create_app
-from workers.limits import throttle_key
+from backfleet.limits import throttle_key
 
 pytestmark = pytest.mark.integration
 

@@ -13,13 +13,12 @@ from backfleet.corpus import seed_source
 from backfleet.db.models import Migration
 from backfleet.db.schema import upgrade
 from backfleet.db.session import Database, make_engine
-from backfleet.dualwrite import DualWriter, throttle_key
+from backfleet.dualwrite import DualWriter
 from backfleet.embedding.factory import embedder_for
 from backfleet.embedding.identity import ModelIdentity
 from backfleet.errors import ConfigError, NotFound
 from backfleet.settings import CatchupSettings, Settings, SourceSettings
 from backfleet.source import Source
-from workers.limits import throttle_key as worker_throttle_key
 
 
 class FakeGeneration:
@@ -184,9 +183,3 @@ def test_live_generation_of_an_unconfigured_model_is_a_clear_error(world: Any) -
     migrate("backfilling")
     with pytest.raises(ConfigError, match="no configured model matches generation docs__v1__g1"):
         writer.index_documents([1])
-
-
-def test_throttle_key_is_the_workers_key() -> None:
-    s = Settings()
-    for label in s.models:
-        assert throttle_key(s, label) == worker_throttle_key(s, label)

@@ -71,3 +71,22 @@ def test_validate_vectors() -> None:
     with pytest.raises(InvalidEmbedding) as exc:
         validate_vectors(bad, 3, 4)
     assert exc.value.bad_indexes == [1]
+
+
+def test_zero_cost_kind_is_deterministic_unit_and_versioned() -> None:
+    from backfleet.embedding.local import ZERO_COST
+
+    a = HashingEmbedder(ZERO_COST, "1", 64)
+    again = HashingEmbedder(ZERO_COST, "1", 64)
+    texts = ["alpha", "beta", "alpha", ""]
+    res = a.embed(texts)
+    assert res.vectors.shape == (4, 64)
+    assert res.vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(res.vectors, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(res.vectors[0], res.vectors[2])  # same text, same vector
+    assert not np.allclose(res.vectors[0], res.vectors[1])
+    np.testing.assert_array_equal(res.vectors, again.embed(texts).vectors)
+    assert res.tokens == sum(a.count_tokens(t) for t in texts) >= len(texts)
+    assert a.identity == again.identity
+    assert a.identity.fingerprint != HashingEmbedder(ZERO_COST, "2", 64).identity.fingerprint
+    assert a.identity.fingerprint != HashingEmbedder("hash-words", "1", 64).identity.fingerprint

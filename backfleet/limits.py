@@ -1,4 +1,4 @@
-"""The throttle a worker uses before each provider call (fleet-wide in Redis)."""
+"""The fleet-wide limiter of a model, as workers, dual writers and operators build it."""
 
 from __future__ import annotations
 
