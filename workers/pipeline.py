@@ -259,19 +259,26 @@ class RangePipeline:
     def __init__(self, ctx: WorkerContext) -> None:
         self.ctx = ctx
 
-    def _over_budget(self, migration_id: int, docs: list[Doc], price: float, owner: str) -> bool:
-        """Pause the migration if this batch would take spend over its budget."""
-        budget, tokens = checkpoint.budget_and_spend(self.ctx.db, migration_id)
+    def _over_budget(
+        self, migration_id: int, docs: list[Doc], embedder: Embedder, price: float, owner: str
+    ) -> bool:
+        """Pause the migration if the batches in flight could take spend over its budget.
+
+        Every running range may spend one batch before the others see it, so the check
+        reserves one batch (of this size) per running range: the cap holds under concurrency.
+        """
+        budget, tokens, running = checkpoint.budget_and_spend(self.ctx.db, migration_id)
         if budget is None:
             return False
-        chars = sum(len(d.text or "") for d in docs)
         spent = tokens / 1_000_000 * price
-        upcoming = chars / self.ctx.settings.backfill.avg_chars_per_token / 1_000_000 * price
+        batch_tokens = sum(embedder.count_tokens(d.text) for d in docs if d.text)
+        upcoming = batch_tokens / 1_000_000 * price * max(1, running)
         if spent + upcoming <= budget:
             return False
         reason = (
-            f"budget: spent ${spent:,.4f} of ${budget:,.2f}; the next batch (~${upcoming:,.4f}) "
-            "would exceed it — raise it with `backfleet budget --set USD`, then `backfleet resume`"
+            f"budget: spent ${spent:,.4f} of ${budget:,.2f}; the batches in flight "
+            f"(~${upcoming:,.4f}) could exceed it — raise it with `backfleet budget --set USD`, "
+            "then `backfleet resume`"
         )
         if checkpoint.pause_for_budget(self.ctx.db, migration_id, actor=owner, reason=reason):
             log.warning(
@@ -320,7 +327,7 @@ class RangePipeline:
                     checkpoint.mark_read_started(ctx.db, claim, checkpoint.utcnow())
                 for docs in source.iter_batches(claim.lo, claim.hi, claim.cursor, cfg.batch_size):
                     beat.check()
-                    if price and self._over_budget(migration_id, docs, price, owner):
+                    if price and self._over_budget(migration_id, docs, embedder, price, owner):
                         return "paused"
                     res = embed_batch(
                         docs,

@@ -387,8 +387,9 @@ def pause_migration(session: Session, migration: Migration, *, actor: str, reaso
     )
 
 
-def budget_and_spend(db: Database, migration_id: int) -> tuple[float | None, int]:
-    """The migration's budget (USD, or None) and the tokens its ranges have used."""
+def budget_and_spend(db: Database, migration_id: int) -> tuple[float | None, int, int]:
+    """The migration's budget (USD, or None), the tokens its ranges have used, and how many
+    ranges are running (each may spend one more batch before the others see it)."""
     with db.session() as session:
         row = session.execute(
             select(
@@ -396,11 +397,14 @@ def budget_and_spend(db: Database, migration_id: int) -> tuple[float | None, int
                 select(func.coalesce(func.sum(Range.tokens_used), 0))
                 .where(Range.migration_id == migration_id)
                 .scalar_subquery(),
+                select(func.count())
+                .where(Range.migration_id == migration_id, Range.state == RangeState.RUNNING)
+                .scalar_subquery(),
             ).where(Migration.id == migration_id)
         ).one_or_none()
     if row is None:
-        return None, 0
-    return row[0], int(row[1])
+        return None, 0, 0
+    return row[0], int(row[1]), int(row[2])
 
 
 def pause_for_budget(db: Database, migration_id: int, *, actor: str, reason: str) -> bool:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -23,6 +23,9 @@ OWNER = "backfleet"
 GEN_RE = re.compile(r"^(?P<alias>[A-Za-z_][A-Za-z0-9_]*?)__(?P<slug>[a-z0-9_]+)__g(?P<n>\d+)$")
 STR_ID_MAX = 512
 TIMEOUT = 60.0
+#: Milvus's answer to a read of a collection that is not loaded (e.g. after a restart)
+NOT_LOADED = 101
+T = TypeVar("T")
 
 
 def generation_name(alias: str, identity: ModelIdentity, number: int) -> str:
@@ -65,6 +68,16 @@ class Generation:
 
     def __repr__(self) -> str:
         return f"Generation({self.name!r}, model={self.identity.tag!r})"
+
+    def _read(self, what: str, fn: Callable[[], T]) -> T:
+        """A read; a collection released by a Milvus restart is loaded again, then re-read."""
+        try:
+            return call(what, fn)
+        except VectorStoreError as exc:
+            if getattr(exc.__cause__, "code", None) != NOT_LOADED:
+                raise
+        call(f"load {self.name}", lambda: self.client.load_collection(self.name, timeout=TIMEOUT))
+        return call(what, fn)
 
     def require_model(self, identity: ModelIdentity) -> None:
         self.identity.require_same(identity, f"generation {self.name}")
@@ -123,7 +136,7 @@ class Generation:
 
     def count(self, lo: int | str | None = None, hi: int | str | None = None) -> int:
         """``count(*)`` at Strong consistency (never collection statistics)."""
-        res = call(
+        res = self._read(
             f"count {self.name}",
             lambda: self.client.query(
                 self.name,
@@ -146,7 +159,7 @@ class Generation:
         expr = range_filter(lo, hi) or (
             "id >= -9223372036854775807" if self.id_type == "int" else 'id >= ""'
         )
-        iterator = call(
+        iterator = self._read(
             f"scan {self.name}",
             lambda: self.client.query_iterator(
                 self.name,
@@ -170,7 +183,7 @@ class Generation:
         if not ids:
             return []
         return list(
-            call(
+            self._read(
                 f"get from {self.name}",
                 lambda: self.client.get(
                     self.name, ids=list(ids), output_fields=list(fields), timeout=TIMEOUT
@@ -181,7 +194,7 @@ class Generation:
     def search(
         self, vectors: Matrix, limit: int, fields: Sequence[str] = ("model",), filter: str = ""
     ) -> list[list[dict[str, Any]]]:
-        res = call(
+        res = self._read(
             f"search {self.name}",
             lambda: self.client.search(
                 self.name,

@@ -64,9 +64,11 @@ def _hammer_process(deadline: float, tokens: list[int], queue: Any) -> None:
 
 
 def _run_fleet(seconds: float, tokens: list[int]) -> list[tuple[float, int]]:
-    """3 threads here and 3 forked processes acquire until the deadline; all grants, sorted."""
+    """3 threads here and 3 other processes acquire until the deadline; all grants, sorted."""
     deadline = time.time() + seconds
-    ctx = multiprocessing.get_context("fork")
+    # spawn, not fork: forking a process whose other threads (gRPC, servers of earlier tests)
+    # hold locks can deadlock the child
+    ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     procs = [ctx.Process(target=_hammer_process, args=(deadline, tokens, queue)) for _ in range(3)]
     for proc in procs:
