@@ -111,15 +111,16 @@ def test_flower_basic_auth_comes_from_the_environment(
 
 
 @needs_yaml
-def test_one_shot_migration_and_opt_in_coordinator(
+def test_one_shot_migration_and_a_running_coordinator(
     services: dict[str, dict[str, Any]],
 ) -> None:
     migrate = services["migrate"]
     assert _words(migrate["command"]) == ["db", "upgrade"]
     assert migrate["restart"] == "no"
     coordinator = services["coordinator"]
-    assert coordinator["profiles"] == ["supervise"]
-    assert _words(coordinator["command"]) == ["supervise"]
+    assert "profiles" not in coordinator
+    assert _words(coordinator["command"])[0] == "supervise"
+    assert coordinator["restart"] == "unless-stopped"
 
 
 @needs_yaml
