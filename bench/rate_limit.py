@@ -88,16 +88,39 @@ def run_baseline_worker(name: str) -> None:
     if limit:
         app.tasks[BACKFILL_TASK].rate_limit = limit
     app.worker_main(
-        ["worker", "-Q", settings.backfill.queue, "-c", "1", "-P", "prefork", "-n", name,
-         "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
+        [
+            "worker",
+            "-Q",
+            settings.backfill.queue,
+            "-c",
+            "1",
+            "-P",
+            "prefork",
+            "-n",
+            name,
+            "--loglevel",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+        ]
     )
 
 
 # --- one run -------------------------------------------------------------------------------
 
 
-def one_run(mode: str, workers: int, *, milvus_uri: str, rpm: int, tpm: int, docs: int,
-            warmup: float, steady: float, logdir: Path) -> Result:
+def one_run(
+    mode: str,
+    workers: int,
+    *,
+    milvus_uri: str,
+    rpm: int,
+    tpm: int,
+    docs: int,
+    warmup: float,
+    steady: float,
+    logdir: Path,
+) -> Result:
     import redis
 
     from backfleet.corpus import seed_source
@@ -118,15 +141,26 @@ def one_run(mode: str, workers: int, *, milvus_uri: str, rpm: int, tpm: int, doc
     runlog = logdir / f"{mode}-{workers}"
     runlog.mkdir(parents=True, exist_ok=True)
     with postgres_database("bfbench") as pg_url, server:
-        model = ModelSettings(provider="openai", name=MODEL_NAME, version="1",
-                              dimension=DIMENSION, send_dimensions=True, base_url=server.url,
-                              api_key_env=KEY_ENV)
+        model = ModelSettings(
+            provider="openai",
+            name=MODEL_NAME,
+            version="1",
+            dimension=DIMENSION,
+            send_dimensions=True,
+            base_url=server.url,
+            api_key_env=KEY_ENV,
+        )
         # celery: one batch per range = one provider call per task, what a task limit can pace
         range_size = BATCH if mode == "celery" else 50 * BATCH
         settings = make_settings(
-            pg_url=pg_url, redis_url=redis_db_url(REDIS_DB), milvus_uri=milvus_uri,
-            range_size=range_size, batch_size=BATCH, models={"bench": model},
-            target_model="bench", throttle=ThrottleSettings(rpm=rpm, tpm=tpm),
+            pg_url=pg_url,
+            redis_url=redis_db_url(REDIS_DB),
+            milvus_uri=milvus_uri,
+            range_size=range_size,
+            batch_size=BATCH,
+            models={"bench": model},
+            target_model="bench",
+            throttle=ThrottleSettings(rpm=rpm, tpm=tpm),
         )
         settings.models["bench"].resolve_api_key({KEY_ENV: "bench-key"})
         engine = make_engine(pg_url)
@@ -136,8 +170,9 @@ def one_run(mode: str, workers: int, *, milvus_uri: str, rpm: int, tpm: int, doc
         upgrade(db.engine)
         store = VectorStore(milvus_uri)
         embedder = embedder_for(settings, "bench")
-        report = plan_migration(settings, db, store, source, embedder, model_label="bench",
-                                actor="bench")
+        report = plan_migration(
+            settings, db, store, source, embedder, model_label="bench", actor="bench"
+        )
         env = {**settings_env(settings), KEY_ENV: "bench-key", "BACKFLEET_LOG_LEVEL": "WARNING"}
         if mode == "celery":
             per_worker = rpm // workers
@@ -173,11 +208,18 @@ def one_run(mode: str, workers: int, *, milvus_uri: str, rpm: int, tpm: int, doc
     tokens = s1["tokens_accepted"] - s0["tokens_accepted"]
     r429 = s1["429s"] - s0["429s"]
     return Result(
-        mode=mode, workers=workers, seconds=round(seconds, 2), requests=requests,
-        accepted=accepted, tokens=tokens, r429=r429,
-        req_util=accepted / (rpm * seconds / 60.0), tok_util=tokens / (tpm * seconds / 60.0),
+        mode=mode,
+        workers=workers,
+        seconds=round(seconds, 2),
+        requests=requests,
+        accepted=accepted,
+        tokens=tokens,
+        r429=r429,
+        req_util=accepted / (rpm * seconds / 60.0),
+        tok_util=tokens / (tpm * seconds / 60.0),
         share_429=r429 / requests if requests else 0.0,
-        run_429s=s1["429s"], run_requests=s1["requests"],
+        run_429s=s1["429s"],
+        run_requests=s1["requests"],
         max_requests_in_window=s1["max_requests_in_window"],
     )
 
@@ -195,12 +237,21 @@ class _BaselineFleet:
         for _ in range(n):
             idx = len(fleet.procs)
             log = open(fleet.logdir / f"worker-{idx}.log", "ab")  # noqa: SIM115
-            fleet.procs.append(subprocess.Popen(
-                [sys.executable, str(Path(__file__).resolve()), "worker",
-                 "--name", f"bfbench-{idx}-{uuid.uuid4().hex[:6]}@%h"],
-                env={**fleet.env, "PYTHONPATH": str(ROOT)}, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True,
-            ))
+            fleet.procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        str(Path(__file__).resolve()),
+                        "worker",
+                        "--name",
+                        f"bfbench-{idx}-{uuid.uuid4().hex[:6]}@%h",
+                    ],
+                    env={**fleet.env, "PYTHONPATH": str(ROOT)},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
 
     def alive(self) -> list[Any]:
         return self._fleet.alive()
@@ -217,13 +268,17 @@ def machine() -> str:
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError):
         mem = float("nan")
-    return (f"{os.cpu_count()} cores, {mem:.0f} GiB, {platform.machine()}, "
-            f"Python {platform.python_version()}")
+    return (
+        f"{os.cpu_count()} cores, {mem:.0f} GiB, {platform.machine()}, "
+        f"Python {platform.python_version()}"
+    )
 
 
 def table(results: list[Result]) -> str:
-    head = (f"{'mode':<9} {'workers':>7} {'steady s':>8} {'accepted':>8} {'req util':>8} "
-            f"{'tok util':>8} {'429s':>5} {'429 share':>9} {'run 429s':>13} {'max/win':>7}")
+    head = (
+        f"{'mode':<9} {'workers':>7} {'steady s':>8} {'accepted':>8} {'req util':>8} "
+        f"{'tok util':>8} {'429s':>5} {'429 share':>9} {'run 429s':>13} {'max/win':>7}"
+    )
     lines = [head, "-" * len(head)]
     for r in results:
         lines.append(
@@ -261,9 +316,12 @@ def main(argv: list[str] | None = None) -> int:
     modes = [m.strip() for m in args.modes.split(",")]
     # enough documents that no run finishes before its steady window ends (+25%)
     docs = args.docs or int(args.rpm / 60 * (args.warmup + args.steady + 20) * BATCH * 1.25)
-    print(f"machine: {machine()}; provider {args.rpm} RPM / {args.tpm} TPM over 60 s; "
-          f"batch {BATCH} docs; {docs} docs a run; warm-up {args.warmup:.0f}s, "
-          f"steady {args.steady:.0f}s", flush=True)
+    print(
+        f"machine: {machine()}; provider {args.rpm} RPM / {args.tpm} TPM over 60 s; "
+        f"batch {BATCH} docs; {docs} docs a run; warm-up {args.warmup:.0f}s, "
+        f"steady {args.steady:.0f}s",
+        flush=True,
+    )
     milvus = None
     uri = args.milvus_uri
     if uri is None:
@@ -276,11 +334,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for mode in modes:
             for n in counts:
-                r = one_run(mode, n, milvus_uri=uri, rpm=args.rpm, tpm=args.tpm, docs=docs,
-                            warmup=args.warmup, steady=args.steady, logdir=logdir)
+                r = one_run(
+                    mode,
+                    n,
+                    milvus_uri=uri,
+                    rpm=args.rpm,
+                    tpm=args.tpm,
+                    docs=docs,
+                    warmup=args.warmup,
+                    steady=args.steady,
+                    logdir=logdir,
+                )
                 results.append(r)
-                print(f"  {mode} x{n}: req util {r.req_util:.1%}, tok util {r.tok_util:.1%}, "
-                      f"429 share {r.share_429:.2%} ({r.r429}/{r.requests})", flush=True)
+                print(
+                    f"  {mode} x{n}: req util {r.req_util:.1%}, tok util {r.tok_util:.1%}, "
+                    f"429 share {r.share_429:.2%} ({r.r429}/{r.requests})",
+                    flush=True,
+                )
     finally:
         if milvus is not None:
             getattr(milvus, "close", milvus.stop)()
@@ -288,9 +358,12 @@ def main(argv: list[str] | None = None) -> int:
     print(table(results))
     print(f"\ntotal {time.monotonic() - started:.0f}s; worker logs in {logdir}")
     if args.json:
-        args.json.write_text(json.dumps(
-            {"machine": machine(), "argv": sys.argv, "results": [asdict(r) for r in results]},
-            indent=2))
+        args.json.write_text(
+            json.dumps(
+                {"machine": machine(), "argv": sys.argv, "results": [asdict(r) for r in results]},
+                indent=2,
+            )
+        )
     return 0
 
 

@@ -77,11 +77,11 @@ def build(size: int, pg_url: str, milvus_uri: str, range_size: int) -> int:
     from backfleet.db.schema import upgrade
     from backfleet.db.session import Database, make_engine
     from backfleet.embedding.factory import embedder_for
+    from backfleet.limits import NullThrottle
     from backfleet.settings import BackfillSettings, Settings, SourceSettings
     from backfleet.source import Source
     from backfleet.vectorstore import VectorStore
     from coordinator.planner import plan_migration
-    from workers.limits import NullThrottle
     from workers.pipeline import embed_batch
 
     settings = Settings(

@@ -7,10 +7,10 @@ from typing import Any
 from celery import Celery
 
 from backfleet.errors import ConfigError
+from backfleet.limits import Throttle
 from backfleet.settings import Settings
 from workers.context import WorkerContext
 from workers.dual_write import register as register_dual_write
-from backfleet.limits import Throttle
 from workers.tasks import register_tasks
 
 

@@ -12,10 +12,10 @@ from backfleet.db.session import Database, make_engine
 from backfleet.embedding.base import Embedder
 from backfleet.embedding.factory import embedder_for
 from backfleet.errors import NotFound
+from backfleet.limits import Throttle, build_throttle
 from backfleet.settings import Settings
 from backfleet.source import Source
 from backfleet.vectorstore import Generation, VectorStore
-from backfleet.limits import Throttle, build_throttle
 
 
 class WorkerContext:

@@ -30,11 +30,11 @@ from backfleet.errors import (
     ServiceUnavailable,
     VectorStoreUnavailable,
 )
+from backfleet.limits import Throttle
 from backfleet.logs import get_logger
 from backfleet.source import Doc, Source, text_hash
 from backfleet.vectorstore import Generation
 from workers.context import WorkerContext
-from backfleet.limits import Throttle
 
 log = get_logger("backfleet.pipeline")
 

@@ -23,6 +23,7 @@ from backfleet.corpus import seed_source
 from backfleet.db.schema import upgrade
 from backfleet.db.session import Database, make_engine
 from backfleet.embedding.factory import embedder_for
+from backfleet.limits import NullThrottle
 from backfleet.logs import configure_logging
 from backfleet.settings import BackfillSettings, Settings, SourceSettings
 from backfleet.source import Source
@@ -32,7 +33,6 @@ from coordinator.dispatcher import start_migration
 from coordinator.planner import plan_migration
 from coordinator.status import migration_status
 from workers.app import create_app
-from backfleet.limits import NullThrottle
 from workers.pipeline import embed_batch
 
 ACTOR = "demo"

@@ -173,8 +173,8 @@ def throttle(
     from dataclasses import asdict
 
     from backfleet.cli.render import print_json, throttle_table
-    from backfleet.throttle import FleetThrottle
     from backfleet.limits import build_throttle
+    from backfleet.throttle import FleetThrottle
 
     s = settings()
     label = model or s.target_model

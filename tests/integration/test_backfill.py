@@ -13,6 +13,7 @@ from backfleet.db.models import Range, RangeState
 from backfleet.db.schema import upgrade
 from backfleet.db.session import Database, make_engine
 from backfleet.embedding.factory import embedder_for
+from backfleet.limits import NullThrottle
 from backfleet.source import Source, text_hash
 from backfleet.vectorstore import VectorStore, generation_name
 from coordinator.dispatcher import start_migration
@@ -21,7 +22,6 @@ from coordinator.status import migration_status
 from tests.support.fleet import make_settings, settings_env, wait_for
 from tests.support.services import WorkerFleet, postgres_database, redis_db_url
 from workers.app import create_app
-from workers.limits import NullThrottle
 from workers.pipeline import embed_batch
 
 pytestmark = pytest.mark.integration

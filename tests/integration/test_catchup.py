@@ -24,6 +24,7 @@ from backfleet.db.session import Database, make_engine
 from backfleet.dualwrite import DualWriter
 from backfleet.embedding.factory import embedder_for
 from backfleet.errors import MigrationStateError
+from backfleet.limits import NullThrottle
 from backfleet.settings import BackfillSettings, CatchupSettings, Settings, SourceSettings
 from backfleet.source import Doc, Source, text_hash
 from backfleet.vectorstore import VectorStore, generation_name
@@ -34,7 +35,6 @@ from coordinator.status import migration_status
 from tests.support.fleet import make_settings, settings_env, wait_for
 from tests.support.services import VENV_BIN, WorkerFleet, postgres_database, redis_db_url
 from workers.app import create_app
-from workers.limits import NullThrottle
 from workers.pipeline import embed_batch
 
 pytestmark = pytest.mark.integration

@@ -19,6 +19,7 @@ from backfleet.db.schema import upgrade
 from backfleet.db.session import Database, make_engine
 from backfleet.embedding.factory import embedder_for
 from backfleet.errors import GateClosed, MigrationStateError, NotFound
+from backfleet.limits import NullThrottle
 from backfleet.router import in_canary
 from backfleet.settings import CutoverSettings, Settings
 from backfleet.source import Source
@@ -32,7 +33,6 @@ from coordinator.planner import plan_migration
 from coordinator.reconciler import reconcile_migration
 from tests.support.fleet import make_settings
 from tests.support.services import postgres_database
-from workers.limits import NullThrottle
 from workers.pipeline import embed_batch
 
 pytestmark = pytest.mark.integration

@@ -34,6 +34,7 @@ from backfleet.db.models import Range, RangeState
 from backfleet.db.schema import upgrade
 from backfleet.db.session import Database, make_engine
 from backfleet.embedding.factory import embedder_for
+from backfleet.limits import throttle_key
 from backfleet.rehearsal import RehearsalServer
 from backfleet.settings import ModelSettings, Settings, ThrottleSettings
 from backfleet.source import Source, text_hash
@@ -44,7 +45,6 @@ from coordinator.status import migration_status
 from tests.support.fleet import make_settings, settings_env, wait_for
 from tests.support.services import VENV_BIN, WorkerFleet, postgres_database, redis_db_url
 from workers.app import create_app
-from backfleet.limits import throttle_key
 
 pytestmark = pytest.mark.integration
 
