@@ -15,6 +15,11 @@ import pytest
 from tests.support.services import MilvusServer
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The chaos suite runs last: it stops and restarts the session's Milvus server."""
+    items.sort(key=lambda item: item.get_closest_marker("chaos") is not None)
+
+
 @pytest.fixture(scope="session")
 def milvus_server() -> Iterator[MilvusServer | None]:
     if os.environ.get("BACKFLEET_TEST_MILVUS_URI"):

@@ -155,7 +155,7 @@ def _schema(
 
 
 def _declared(desc: dict[str, Any]) -> str | None:
-    props = {str(k): str(v) for k, v in (desc.get("properties") or {}).items()}
+    props = VectorStore.marks(desc)
     if props.get(PROP_OWNER) == OWNER and PROP_MODEL in props:
         return ModelIdentity.from_json(props[PROP_MODEL]).tag
     return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from typing import Any
 
@@ -81,7 +82,17 @@ class VectorStore:
             gen = self.open_generation(name)
             gen.require_model(identity)
             return gen
-        schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
+        marks = {
+            PROP_OWNER: OWNER,
+            PROP_MODEL: identity.to_json(),
+            PROP_ALIAS: alias,
+            PROP_ID_TYPE: id_type,
+        }
+        # the identity goes into the description too: it is written with the collection
+        # itself, and milvus-server 2.3 can lose altered properties across a restart
+        schema = self.client.create_schema(
+            auto_id=False, enable_dynamic_field=False, description=json.dumps(marks)
+        )
         if id_type == "int":
             schema.add_field("id", DataType.INT64, is_primary=True)
         else:
@@ -107,12 +118,7 @@ class VectorStore:
             f"set properties of {name}",
             lambda: self.client.alter_collection_properties(
                 name,
-                properties={
-                    PROP_OWNER: OWNER,
-                    PROP_MODEL: identity.to_json(),
-                    PROP_ALIAS: alias,
-                    PROP_ID_TYPE: id_type,
-                },
+                properties=marks,
             ),
         )
         return Generation(self.client, name, identity, id_type)
@@ -122,15 +128,29 @@ class VectorStore:
             raise NotFound(f"Milvus collection {name!r} does not exist")
         return dict(call(f"describe {name}", lambda: self.client.describe_collection(name)))
 
+    @staticmethod
+    def marks(desc: dict[str, Any]) -> dict[str, str]:
+        """backfleet's marks of a collection: its properties, else its description."""
+        props = {str(k): str(v) for k, v in (desc.get("properties") or {}).items()}
+        if PROP_MODEL in props:
+            return props
+        try:
+            described = json.loads(desc.get("description") or "{}")
+        except ValueError:
+            return props
+        if isinstance(described, dict):
+            return {str(k): str(v) for k, v in described.items()}
+        return props
+
     def is_generation(self, name: str) -> bool:
         """Whether ``name`` is a collection backfleet created (it may serve an alias without)."""
-        props = self.describe(name).get("properties") or {}
-        return bool(props.get(PROP_OWNER) == OWNER and PROP_MODEL in props)
+        marks = self.marks(self.describe(name))
+        return bool(marks.get(PROP_OWNER) == OWNER and PROP_MODEL in marks)
 
     def open_generation(self, name: str) -> Generation:
         """Open a backfleet-owned collection; refuse foreign ones."""
         desc = self.describe(name)
-        props = {str(k): str(v) for k, v in (desc.get("properties") or {}).items()}
+        props = self.marks(desc)
         if props.get(PROP_OWNER) != OWNER or PROP_MODEL not in props:
             raise VectorStoreError(
                 f"collection {name!r} is not a backfleet generation (no {PROP_MODEL} property)",

@@ -22,6 +22,30 @@ REDIS_URL = os.environ.get("BACKFLEET_TEST_REDIS", "redis://127.0.0.1:6379")
 VENV_BIN = Path(sys.executable).parent
 LOCK_PATH = Path(tempfile.gettempdir()) / "backfleet-milvus-server.lock"
 
+#: `milvus-server`, except that its port check binds with SO_REUSEADDR. The wrapper reserves
+#: each port with a plain bind first and, when that fails, silently moves to the next port; a
+#: restart on the same port (the chaos suite's Milvus outage) then lands elsewhere while the
+#: old port's connections sit in TIME_WAIT. The Go server itself binds with SO_REUSEADDR.
+MILVUS_SERVER_LAUNCHER = """
+import socket, sys
+import milvus
+
+def try_bind_port(self, port):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+        return sock
+    except OSError:
+        sock.close()
+        return None
+
+milvus.MilvusServerConfig.try_bind_port = try_bind_port
+sys.argv[0] = "milvus-server"
+sys.exit(milvus.main())
+"""
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -109,7 +133,9 @@ class MilvusServer:
     def _start(self, timeout: float) -> None:
         if self.kind == "server":
             cmd = [
-                str(VENV_BIN / "milvus-server"),
+                sys.executable,
+                "-c",
+                MILVUS_SERVER_LAUNCHER,
                 "--data",
                 str(self.dir / "data"),
                 "--proxy-port",
