@@ -101,24 +101,44 @@ class Rig:
         """``backfleet throttle …`` as an operator runs it: a process with the fleet's env."""
         proc = subprocess.run(
             [str(VENV_BIN / "backfleet"), "throttle", *args],
-            env=self.env, capture_output=True, text=True, timeout=60,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert proc.returncode == 0, proc.stdout + proc.stderr
         return proc.stdout
 
 
 def _rig(
-    *, pg_url: str, milvus_uri: str, workdir: Path, server: RehearsalServer, docs: int,
-    rpm: int, tpm: int, batch_size: int, range_size: int,
+    *,
+    pg_url: str,
+    milvus_uri: str,
+    workdir: Path,
+    server: RehearsalServer,
+    docs: int,
+    rpm: int,
+    tpm: int,
+    batch_size: int,
+    range_size: int,
 ) -> Rig:
     model = ModelSettings(
-        provider="openai", name=MODEL_NAME, version="1", dimension=DIMENSION,
-        send_dimensions=True, base_url=server.url, api_key_env=KEY_ENV,
+        provider="openai",
+        name=MODEL_NAME,
+        version="1",
+        dimension=DIMENSION,
+        send_dimensions=True,
+        base_url=server.url,
+        api_key_env=KEY_ENV,
     )
     settings = make_settings(
-        pg_url=pg_url, redis_url=redis_db_url(REDIS_DB), milvus_uri=milvus_uri,
-        range_size=range_size, batch_size=batch_size,
-        models={"rehearsal": model}, target_model="rehearsal",
+        pg_url=pg_url,
+        redis_url=redis_db_url(REDIS_DB),
+        milvus_uri=milvus_uri,
+        range_size=range_size,
+        batch_size=batch_size,
+        models={"rehearsal": model},
+        target_model="rehearsal",
         throttle=ThrottleSettings(rpm=rpm, tpm=tpm),
     )
     settings.models["rehearsal"].resolve_api_key({KEY_ENV: "rehearsal-test-key"})
@@ -131,11 +151,13 @@ def _rig(
 
     store = VectorStore(milvus_uri)
     embedder = embedder_for(settings, "rehearsal")
-    report = plan_migration(settings, db, store, source, embedder, model_label="rehearsal",
-                            actor="test")
+    report = plan_migration(
+        settings, db, store, source, embedder, model_label="rehearsal", actor="test"
+    )
     env = {**settings_env(settings), KEY_ENV: "rehearsal-test-key"}
-    throttle = FleetThrottle(redis.Redis.from_url(settings.redis_url),
-                             throttle_key(settings, "rehearsal"))
+    throttle = FleetThrottle(
+        redis.Redis.from_url(settings.redis_url), throttle_key(settings, "rehearsal")
+    )
     throttle.ensure_limits(rpm, tpm)
     fleet = WorkerFleet(env, workdir)
     fleet.start(WORKERS, concurrency=1)
@@ -143,10 +165,19 @@ def _rig(
     sent = start_migration(db, store, app, report.migration_id, actor="test", index_type="HNSW")
     assert sent == report.ranges
     store.close()
-    return Rig(settings=settings, server=server, fleet=fleet, db=db, source=source,
-               migration_id=report.migration_id, ranges=report.ranges,
-               target_generation=report.target_generation, env=env, throttle=throttle,
-               model_tag=embedder.identity.tag)
+    return Rig(
+        settings=settings,
+        server=server,
+        fleet=fleet,
+        db=db,
+        source=source,
+        migration_id=report.migration_id,
+        ranges=report.ranges,
+        target_generation=report.target_generation,
+        env=env,
+        throttle=throttle,
+        model_tag=embedder.identity.tag,
+    )
 
 
 def _assert_exactly_once(rig: Rig, milvus_uri: str) -> None:
@@ -169,8 +200,11 @@ def _assert_exactly_once(rig: Rig, milvus_uri: str) -> None:
     finally:
         store.close()
     with rig.db.session() as session:
-        states = set(session.execute(
-            select(Range.state).where(Range.migration_id == rig.migration_id)).scalars())
+        states = set(
+            session.execute(
+                select(Range.state).where(Range.migration_id == rig.migration_id)
+            ).scalars()
+        )
     assert states == {RangeState.DONE}
     assert rig.status().docs_done == len(texts)
 
@@ -183,21 +217,33 @@ def chdir_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 # --- 1: the provider's own limits are never exceeded ----------------------------------------
 
+
 def test_three_workers_stay_within_provider_limits(milvus_uri: str, chdir_tmp: Path) -> None:
     rpm, tpm = 300, 1_000_000  # requests bind: 8 docs x ~75 tokens = ~600 tokens a request
     # 2,400 docs in batches of 8 = 300 requests (+4 fingerprint probes): a bit over one 60 s
     # window of the limit, so the run covers the first-window burst and the window sliding on
     server = RehearsalServer(rpm=rpm, tpm=tpm, window_seconds=60.0, default_dimension=DIMENSION)
     with postgres_database() as pg_url, server:
-        rig = _rig(pg_url=pg_url, milvus_uri=milvus_uri, workdir=chdir_tmp, server=server,
-                   docs=2400, rpm=rpm, tpm=tpm, batch_size=8, range_size=200)
+        rig = _rig(
+            pg_url=pg_url,
+            milvus_uri=milvus_uri,
+            workdir=chdir_tmp,
+            server=server,
+            docs=2400,
+            rpm=rpm,
+            tpm=tpm,
+            batch_size=8,
+            range_size=200,
+        )
         try:
             started = time.monotonic()
             wait_for(rig.done, 150, "every range done", on_timeout=rig.fleet.logs)
             elapsed = time.monotonic() - started
             assert len(rig.fleet.alive()) == WORKERS, rig.fleet.logs()
-            per_worker = [p.read_text(errors="replace").count("range_done")
-                          for p in sorted(chdir_tmp.glob("worker-*.log"))]
+            per_worker = [
+                p.read_text(errors="replace").count("range_done")
+                for p in sorted(chdir_tmp.glob("worker-*.log"))
+            ]
         finally:
             rig.fleet.stop()
         stats = rig.stats()
@@ -225,15 +271,29 @@ def rig(milvus_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[R
     cwd = os.getcwd()
     os.chdir(workdir)
     # the server's limits are far above the throttle's: only the throttle sets the pace
-    server = RehearsalServer(rpm=1_000_000, tpm=1_000_000_000, window_seconds=60.0,
-                             default_dimension=DIMENSION)
+    server = RehearsalServer(
+        rpm=1_000_000, tpm=1_000_000_000, window_seconds=60.0, default_dimension=DIMENSION
+    )
     try:
         with postgres_database() as pg_url, server:
-            rig = _rig(pg_url=pg_url, milvus_uri=milvus_uri, workdir=workdir, server=server,
-                       docs=5600, rpm=BASE_RPM, tpm=BASE_TPM, batch_size=8, range_size=500)
+            rig = _rig(
+                pg_url=pg_url,
+                milvus_uri=milvus_uri,
+                workdir=workdir,
+                server=server,
+                docs=5600,
+                rpm=BASE_RPM,
+                tpm=BASE_TPM,
+                batch_size=8,
+                range_size=500,
+            )
             try:
-                wait_for(lambda: rig.accepted() >= 20, 60, "the fleet to start",
-                         on_timeout=rig.fleet.logs)
+                wait_for(
+                    lambda: rig.accepted() >= 20,
+                    60,
+                    "the fleet to start",
+                    on_timeout=rig.fleet.logs,
+                )
                 yield rig
             finally:
                 rig.fleet.stop()
@@ -257,8 +317,11 @@ def test_injected_429_burst_cools_the_fleet_and_it_recovers(rig: Rig) -> None:
     stats0 = rig.stats()
     t0 = time.monotonic()
     rig.server.set_faults(next={"429": 2}, retry_after_seconds=0.4)
-    wait_for(lambda: rig.stats()["injected_429"] - stats0["injected_429"] >= 2, 20,
-             "the injected 429s to be served")
+    wait_for(
+        lambda: rig.stats()["injected_429"] - stats0["injected_429"] >= 2,
+        20,
+        "the injected 429s to be served",
+    )
     burst = rig.stats()
     burst_seconds = time.monotonic() - t0
     assert 0.45 <= rig.throttle.limits().factor <= 0.75
@@ -273,8 +336,10 @@ def test_injected_429_burst_cools_the_fleet_and_it_recovers(rig: Rig) -> None:
     slowed = (recovering["accepted"] - burst["accepted"]) / recovery_seconds
     assert slowed < 0.9 * before
     after, _ = rig.rate(4.0)
-    print(f"\n429 burst: before {before:.2f}/s, {during} accepted in the {burst_seconds:.1f}s "
-          f"burst, {slowed:.2f}/s over the {recovery_seconds:.1f}s recovery, after {after:.2f}/s")
+    print(
+        f"\n429 burst: before {before:.2f}/s, {during} accepted in the {burst_seconds:.1f}s "
+        f"burst, {slowed:.2f}/s over the {recovery_seconds:.1f}s recovery, after {after:.2f}/s"
+    )
     assert after == pytest.approx(before, rel=0.15)
     assert rig.stats()["rate_limited"] == 0  # the provider's own limit was never hit
 
@@ -303,13 +368,14 @@ def test_rethrottle_applies_to_the_running_fleet(rig: Rig) -> None:
     assert req_rate < 1.5
 
     rig.throttle.set_limits(rpm=BASE_RPM, tpm=BASE_TPM)  # in-process, like the CLI does
-    print(f"\nrethrottle: base {base:.2f}/s, --rpm 120 {cut:.2f}/s, --rpm 720 {raised:.2f}/s, "
-          f"--tpm 24000 {tok_rate:.0f} tok/s ({req_rate:.2f}/s)")
+    print(
+        f"\nrethrottle: base {base:.2f}/s, --rpm 120 {cut:.2f}/s, --rpm 720 {raised:.2f}/s, "
+        f"--tpm 24000 {tok_rate:.0f} tok/s ({req_rate:.2f}/s)"
+    )
     assert rig.stats()["rate_limited"] == 0
 
 
-def test_pause_holds_every_call_and_resume_finishes_exactly_once(rig: Rig,
-                                                                 milvus_uri: str) -> None:
+def test_pause_holds_every_call_and_resume_finishes_exactly_once(rig: Rig, milvus_uri: str) -> None:
     _running(rig)
     docs_before = rig.status().docs_done
     out = rig.cli("--pause")
@@ -326,8 +392,7 @@ def test_pause_holds_every_call_and_resume_finishes_exactly_once(rig: Rig,
     assert len(rig.fleet.alive()) == WORKERS
 
     rig.cli("--resume")
-    wait_for(lambda: rig.stats()["accepted"] > held_to["accepted"] + 5, 10,
-             "calls after --resume")
+    wait_for(lambda: rig.stats()["accepted"] > held_to["accepted"] + 5, 10, "calls after --resume")
     # finish the rest at full speed
     rig.throttle.set_limits(rpm=100_000, tpm=1_000_000_000)
     wait_for(rig.done, 120, "every range done", on_timeout=rig.fleet.logs)
