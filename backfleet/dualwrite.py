@@ -34,11 +34,11 @@ from sqlalchemy import select
 
 from backfleet.db.models import Migration, MigrationState
 from backfleet.db.session import Database, make_engine
-from backfleet.embedding.base import Embedder, EmbedResult, validate_vectors
+from backfleet.embedding.base import Embedder, validate_vectors
 from backfleet.embedding.factory import embedder_for
 from backfleet.embedding.identity import ModelIdentity
 from backfleet.embedding.packing import PackLimits, pack
-from backfleet.embedding.retry import call_with_retries
+from backfleet.embedding.retry import call_provider
 from backfleet.errors import BackfleetError, ConfigError, NotFound
 from backfleet.limits import build_throttle
 from backfleet.logs import get_logger
@@ -367,7 +367,7 @@ class DualWriter:
         written = tokens = 0
         for request in requests:
             part = [send[i] for i in request]
-            res = _call(embedder, throttle, part)
+            res = call_provider(embedder, throttle, part)
             validate_vectors(res.vectors, len(part), embedder.identity.dimension)
             gen.upsert(
                 [docs[i].id for i in request],
@@ -378,23 +378,3 @@ class DualWriter:
             written += len(request)
             tokens += res.tokens
         return written, tokens
-
-
-def _call(embedder: Embedder, throttle: Throttle, texts: list[str]) -> EmbedResult:
-    """One provider call under the fleet limiter, retried on retryable provider errors."""
-    from backfleet.errors import ProviderRateLimited
-
-    tokens = sum(embedder.count_tokens(t) for t in texts)
-
-    def attempt() -> EmbedResult:
-        throttle.acquire(tokens)
-        try:
-            result = embedder.embed(texts)
-        except ProviderRateLimited as exc:
-            throttle.report_rate_limited(exc.retry_after)
-            raise
-        throttle.observe_headers(result.headers)
-        throttle.report_success()
-        return result
-
-    return call_with_retries(attempt, max_attempts=6, max_wait=60.0)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -20,12 +19,12 @@ from backfleet.db.session import Database
 from backfleet.embedding.base import Embedder, EmbedResult, validate_vectors
 from backfleet.embedding.identity import ModelIdentity
 from backfleet.embedding.packing import OversizePolicy, PackLimits, pack
+from backfleet.embedding.retry import call_provider
 from backfleet.errors import (
     BackfleetError,
     InvalidEmbedding,
     LeaseLost,
     ModelMismatch,
-    ProviderRateLimited,
     ProviderRejected,
     ServiceUnavailable,
     VectorStoreUnavailable,
@@ -211,46 +210,6 @@ def embed_batch(
 
 def _has_text(doc: Doc) -> bool:
     return doc.text is not None and bool(doc.text.strip())
-
-
-def call_provider(
-    embedder: Embedder,
-    throttle: Throttle,
-    texts: list[str],
-    *,
-    max_attempts: int,
-    max_wait: float,
-) -> EmbedResult:
-    """One provider call under the fleet-wide limiter, retried by tenacity on Retryable."""
-    from backfleet.embedding.retry import call_with_retries
-
-    tokens = sum(embedder.count_tokens(t) for t in texts)
-    ident = embedder.identity
-    labels = (ident.provider, ident.name)
-
-    def attempt() -> EmbedResult:
-        waited = throttle.acquire(tokens)
-        if waited:
-            metrics.THROTTLE_WAIT.labels(*labels).inc(waited)
-        started = time.monotonic()
-        try:
-            result = embedder.embed(texts)
-        except ProviderRateLimited as exc:
-            metrics.REQUESTS.labels(*labels, "rate_limited").inc()
-            metrics.RATE_LIMITED.labels(*labels).inc()
-            throttle.report_rate_limited(exc.retry_after)
-            raise
-        except BackfleetError:
-            metrics.REQUESTS.labels(*labels, "error").inc()
-            raise
-        finally:
-            metrics.LATENCY.labels(*labels).observe(time.monotonic() - started)
-        metrics.REQUESTS.labels(*labels, "ok").inc()
-        throttle.observe_headers(result.headers)
-        throttle.report_success()
-        return result
-
-    return call_with_retries(attempt, max_attempts=max_attempts, max_wait=max_wait)
 
 
 class RangePipeline:

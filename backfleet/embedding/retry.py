@@ -17,7 +17,10 @@ import structlog
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 from tenacity.wait import wait_exponential_jitter
 
-from backfleet.errors import ProviderRateLimited, ProviderRetryable
+from backfleet import metrics
+from backfleet.embedding.base import Embedder, EmbedResult
+from backfleet.errors import BackfleetError, ProviderRateLimited, ProviderRetryable
+from backfleet.throttle import Throttle
 
 T = TypeVar("T")
 
@@ -79,3 +82,42 @@ def call_with_retries(
         reraise=True,
     )
     return retrying(fn)
+
+
+def call_provider(
+    embedder: Embedder,
+    throttle: Throttle,
+    texts: list[str],
+    *,
+    max_attempts: int = 6,
+    max_wait: float = 60.0,
+) -> EmbedResult:
+    """One provider call under the fleet-wide limiter, retried by tenacity on Retryable,
+    with its metrics: what the backfill, re-embeds and dual writes all send through."""
+    tokens = sum(embedder.count_tokens(t) for t in texts)
+    ident = embedder.identity
+    labels = (ident.provider, ident.name)
+
+    def attempt() -> EmbedResult:
+        waited = throttle.acquire(tokens)
+        if waited:
+            metrics.THROTTLE_WAIT.labels(*labels).inc(waited)
+        started = time.monotonic()
+        try:
+            result = embedder.embed(texts)
+        except ProviderRateLimited as exc:
+            metrics.REQUESTS.labels(*labels, "rate_limited").inc()
+            metrics.RATE_LIMITED.labels(*labels).inc()
+            throttle.report_rate_limited(exc.retry_after)
+            raise
+        except BackfleetError:
+            metrics.REQUESTS.labels(*labels, "error").inc()
+            raise
+        finally:
+            metrics.LATENCY.labels(*labels).observe(time.monotonic() - started)
+        metrics.REQUESTS.labels(*labels, "ok").inc()
+        throttle.observe_headers(result.headers)
+        throttle.report_success()
+        return result
+
+    return call_with_retries(attempt, max_attempts=max_attempts, max_wait=max_wait)
