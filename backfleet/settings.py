@@ -82,6 +82,9 @@ class SourceSettings(BaseModel):
 class BackfillSettings(BaseModel):
     range_size: int = Field(default=5000, gt=0)
     batch_size: int = Field(default=256, gt=0, le=16384)
+    #: while a batch is embedded and upserted, read the next one and commit the previous
+    #: one's checkpoint in the background (false: one step after the other)
+    overlap: bool = True
     lease_seconds: float = Field(default=120.0, gt=1)
     heartbeat_seconds: float = Field(default=20.0, gt=0)
     max_attempts: int = Field(default=5, gt=0)
@@ -311,6 +314,7 @@ text_column = "text"
 [backfill]
 range_size = 5000        # documents per range (the unit of work, lease and checkpoint)
 batch_size = 256         # documents per embedding request
+overlap = true           # read the next batch / commit the last checkpoint meanwhile
 lease_seconds = 120      # a range lease expires unless renewed by heartbeats
 heartbeat_seconds = 20
 max_attempts = 5         # per range, then `failed` with the error kept

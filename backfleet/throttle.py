@@ -487,6 +487,8 @@ class Throttle(Protocol):
     """What workers call around each provider call; :class:`FleetThrottle` or a no-op."""
 
     wait_seconds_total: float
+    #: whether ``acquire`` uses its token count (callers skip counting when it does not)
+    counts_tokens: bool
 
     def acquire(self, tokens: int) -> float: ...
     def try_acquire(self, tokens: int) -> Decision: ...
@@ -519,6 +521,8 @@ def _opt_int(value: object) -> int | None:
 
 class FleetThrottle:
     """Fleet-wide RPM/TPM limiter shared through Redis under the limiter key ``key``."""
+
+    counts_tokens = True
 
     def __init__(
         self,
@@ -794,6 +798,8 @@ class FleetThrottle:
 
 class NullThrottle:
     """A throttle that never waits: for the in-process demo and tests without Redis."""
+
+    counts_tokens = False
 
     def __init__(self, rpm: int | None = None, tpm: int | None = None) -> None:
         self.wait_seconds_total = 0.0

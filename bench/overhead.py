@@ -12,17 +12,17 @@ the same Milvus server. What differs is everything backfleet adds:
            processes (Celery on Redis, prefork), each range claimed, heartbeated and advanced
            in Postgres per batch, vectors validated, model identity checked.
 
-Fleet docs/s is measured from just before ``start_migration`` (the workers are already up and
-idle; the collection is created beforehand, as for the bare loop) to the last range's
+Fleet docs/s is measured from just before ``start_migration`` (the workers are already up,
+connected and idle; the collection is created beforehand, as for the bare loop) to the last range's
 ``finished_at``. Worker RSS is sampled all along (``--rss-interval``), which also makes this
 the long-run memory benchmark (``--docs 1000000 --dims 384 --sides fleet``).
 
 Usage (repository root; Postgres and Redis running; starts its own milvus-server unless
 ``--milvus-uri``, so no test session may hold one)::
 
-    /work/venv/bin/python bench/overhead.py                     # 100k docs, 384 and 1536, ~10 min
-    /work/venv/bin/python bench/overhead.py --docs 20000 --dims 384
-    /work/venv/bin/python bench/overhead.py --docs 1000000 --dims 384 --sides fleet --repeat 1
+    python bench/overhead.py                     # 100k docs, 384 and 1536, ~10 min
+    python bench/overhead.py --docs 20000 --dims 384
+    python bench/overhead.py --docs 1000000 --dims 384 --sides fleet --repeat 1
 
 Each side runs ``--repeat`` times (default 2) in alternating order, each run only after Milvus
 has gone quiet (index builds and compactions of the previous run finished), so neither side
@@ -72,6 +72,7 @@ class Result:
     in_ranges_s: float = 0.0
     rss: dict[str, Any] = field(default_factory=dict)
     rss_series: list[Any] = field(default_factory=list)
+    window: tuple[float, float] = (0.0, 0.0)  # epoch seconds of the measured run
 
 
 def model_settings(dimension: int) -> Any:
@@ -107,7 +108,7 @@ def bare_loop(
     client = MilvusClient(uri=milvus_uri)
     dsn = pg_url.replace("postgresql+psycopg://", "postgresql://")
     docs = 0
-    started = time.monotonic()
+    started, wall0 = time.monotonic(), time.time()
     with psycopg.connect(dsn, autocommit=True) as conn:
         last = -1
         while True:
@@ -136,6 +137,7 @@ def bare_loop(
             docs += len(rows)
             last = rows[-1][0]
     seconds = time.monotonic() - started
+    window = (wall0, time.time())
     stored = store.open_generation(name).count()
     client.drop_collection(name)
     client.close()
@@ -144,7 +146,13 @@ def bare_loop(
         raise RuntimeError(f"bare loop: {stored} rows in Milvus for {docs} docs")
     side = "bare-np" if ndarray_rows else "bare"
     return Result(
-        side, dimension, docs, round(seconds, 2), round(docs / seconds, 1), loadavg=loadavg()
+        side,
+        dimension,
+        docs,
+        round(seconds, 2),
+        round(docs / seconds, 1),
+        loadavg=loadavg(),
+        window=window,
     )
 
 
@@ -161,6 +169,7 @@ def fleet_run(
     index_type: str,
     rss_interval: float,
     logdir: Path,
+    log_level: str = "INFO",
 ) -> Result:
     """The product: plan, start, real workers, until every range is done."""
     import redis
@@ -209,14 +218,18 @@ def fleet_run(
     store.create_generation(
         report.target_generation, settings.alias, embedder.identity, "int", index_type
     )
-    runlog = logdir / f"fleet-{dimension}"
+    runlog = logdir / f"fleet-{suffix}"  # one per run: the log lines counted are its own
     runlog.mkdir(parents=True, exist_ok=True)
-    env = {**settings_env(settings), "BACKFLEET_LOG_LEVEL": "WARNING"}
+    env = {**settings_env(settings), "BACKFLEET_LOG_LEVEL": log_level}
     fleet = WorkerFleet(env, runlog)
     fleet.start(workers, concurrency=concurrency, pool=pool)
     try:
         if not wait_for_log(runlog, " ready.", workers, 90):
             time.sleep(10)
+        # each task process connects at start (worker_process_init); a fleet that has been up
+        # for a while has done so, which is what this benchmark compares
+        if not wait_for_log(runlog, "worker_warmed", workers * concurrency, 60):
+            print("    (no worker_warmed line: is the log level above INFO?)", flush=True)
         app = create_app(settings)
         with RssSampler([p.pid for p in fleet.procs], rss_interval) as sampler:
             t0 = time.time()
@@ -287,6 +300,7 @@ def fleet_run(
         round(in_ranges, 2),
         summary,
         sampler.series(int(busiest)) if busiest else [],
+        (t0, t1),
     )
 
 
@@ -351,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
         help="which Milvus to start (lite: for trying the script only)",
     )
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--log-level", default="INFO", help="the workers' log level (INFO: two lines a range)"
+    )
     args = parser.parse_args(argv)
 
     from backfleet.logs import configure_logging
@@ -401,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
                             index_type=args.index_type,
                             rss_interval=args.rss_interval,
                             logdir=logdir,
+                            log_level=args.log_level,
                         )
                     results.append(r)
                     print(

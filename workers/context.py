@@ -5,17 +5,27 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
-from backfleet.db.models import Migration
-from backfleet.db.session import Database, make_engine
+from sqlalchemy import select
+
+from backfleet.db.models import Migration, MigrationState
+from backfleet.db.session import Database, check_reachable, make_engine
 from backfleet.embedding.base import Embedder
 from backfleet.embedding.factory import embedder_for
-from backfleet.errors import NotFound
+from backfleet.errors import BackfleetError, NotFound
 from backfleet.limits import Throttle, build_throttle
+from backfleet.logs import get_logger
 from backfleet.settings import Settings
 from backfleet.source import Source
 from backfleet.vectorstore import Generation, VectorStore
+
+log = get_logger("backfleet.worker")
+
+#: migrations whose target generation a worker may be asked to fill
+_FILLING = (MigrationState.BACKFILLING, MigrationState.CATCHING_UP, MigrationState.PAUSED)
 
 
 class WorkerContext:
@@ -39,7 +49,9 @@ class WorkerContext:
 
     def _check_pid(self) -> None:
         if os.getpid() != self._pid:
-            self._reset()
+            with self._lock:  # the warm-up thread and the first task may both get here
+                if os.getpid() != self._pid:
+                    self._reset()
 
     @property
     def owner(self) -> str:
@@ -105,6 +117,47 @@ class WorkerContext:
             gen = self.store.open_generation(name)
             self._generations[name] = gen
         return gen
+
+    def warm(self) -> None:
+        """Open every connection a task needs now, not on the first task (worker start).
+
+        The checkpoint database, the source (its table is reflected), Milvus, the target
+        model's embedder and the generations of running migrations. Nothing here is
+        required: a part that fails is logged and retried by the first task that needs it,
+        which reports the error the usual way.
+        """
+        started = time.monotonic()
+        steps: list[tuple[str, Callable[[], object]]] = [
+            ("database", lambda: check_reachable(self.db.engine)),
+            ("source", lambda: self.source),
+            ("milvus", lambda: self.store),
+            ("embedder", lambda: self.embedder(self.settings.target_model)),
+            ("generations", self._open_filling_generations),
+        ]
+        failed = []
+        for part, step in steps:
+            try:
+                step()
+            except BackfleetError as exc:
+                failed.append(part)
+                log.warning("worker_warm_failed", part=part, error=str(exc))
+        log.info(
+            "worker_warmed",
+            pid=os.getpid(),
+            seconds=round(time.monotonic() - started, 3),
+            failed=failed or None,
+        )
+
+    def _open_filling_generations(self) -> None:
+        with self.db.session() as session:
+            names = session.scalars(
+                select(Migration.target_generation).where(Migration.state.in_(_FILLING))
+            ).all()
+        for name in names:
+            try:
+                self.generation(name)
+            except BackfleetError as exc:  # a dropped or foreign collection: its task will say
+                log.warning("worker_warm_failed", part=f"generation {name}", error=str(exc))
 
     def migration(self, migration_id: int) -> Migration:
         with self.db.session() as session:

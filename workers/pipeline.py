@@ -8,20 +8,27 @@ upsert makes harmless. A heartbeat thread renews the lease while a batch is in f
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import OperationalError
 
 from backfleet import metrics
 from backfleet.db import checkpoint
 from backfleet.db.checkpoint import Claim
 from backfleet.db.session import Database
-from backfleet.embedding.base import Embedder, EmbedResult, validate_vectors
+from backfleet.embedding.base import Embedder, EmbedResult, Matrix, validate_vectors
 from backfleet.embedding.identity import ModelIdentity
 from backfleet.embedding.packing import OversizePolicy, PackLimits, pack
 from backfleet.embedding.retry import call_provider
 from backfleet.errors import (
     BackfleetError,
+    DatabaseUnavailable,
     InvalidEmbedding,
     LeaseLost,
     ModelMismatch,
@@ -31,7 +38,8 @@ from backfleet.errors import (
 )
 from backfleet.limits import Throttle
 from backfleet.logs import get_logger
-from backfleet.source import Doc, Source, text_hash
+from backfleet.readahead import ReadAhead
+from backfleet.source import Doc, Source, SourceId, text_hash
 from backfleet.vectorstore import Generation
 from workers.context import WorkerContext
 
@@ -40,6 +48,102 @@ log = get_logger("backfleet.pipeline")
 Outcome = Literal[
     "done", "skipped", "released", "retry", "failed", "lease_lost", "refused", "paused"
 ]
+
+
+class BatchWriter:
+    """Upserts batch N and commits its checkpoint while batch N+1 is read and embedded.
+
+    Two single-thread stages: *upsert* (one batch in flight) and *commit* (cursor advances,
+    in submission order). A batch's advance is queued only after its own upsert returned, so
+    the cursor never runs ahead of Milvus. The first error of either stage is sticky: every
+    later job is skipped, and the error is raised by the next ``submit`` or ``flush``. A
+    batch upserted but not yet committed when a worker dies is repeated on retry, which an
+    upsert makes harmless. With ``background=False`` each ``submit`` upserts and commits
+    before it returns.
+    """
+
+    def __init__(self, *, background: bool) -> None:
+        self._upserts: ThreadPoolExecutor | None = None
+        self._commits: ThreadPoolExecutor | None = None
+        if background:
+            self._upserts = ThreadPoolExecutor(1, thread_name_prefix="batch-upsert")
+            self._commits = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-commit")
+        self._upserting: Future[None] | None = None
+        self._committing: Future[None] | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, upsert: Callable[[], object], advance: Callable[[], object]) -> None:
+        if self._upserts is None:
+            upsert()
+            advance()
+            return
+        self._wait_upsert()
+        self._upserting = self._upserts.submit(self._upsert_then_queue, upsert, advance)
+
+    def _upsert_then_queue(
+        self, upsert: Callable[[], object], advance: Callable[[], object]
+    ) -> None:
+        if self._error is not None:
+            return
+        try:
+            upsert()
+        except BaseException as exc:
+            self._error = exc
+            return
+        assert self._commits is not None
+        self._committing = self._commits.submit(self._commit, advance)
+
+    def _commit(self, advance: Callable[[], object]) -> None:
+        if self._error is not None:
+            return
+        try:
+            advance()
+        except BaseException as exc:
+            self._error = exc
+
+    def _wait_upsert(self) -> None:
+        if self._upserting is not None:
+            self._upserting.result()
+            self._upserting = None
+        if self._error is not None:
+            raise self._error
+
+    def flush(self) -> bool:
+        """Wait until every batch submitted is upserted and committed; True if any was pending.
+
+        Raises the first error of either stage.
+        """
+        pending = self._upserting is not None or self._committing is not None
+        self._wait_upsert()
+        if self._committing is not None:
+            self._committing.result()
+            self._committing = None
+        if self._error is not None:
+            raise self._error
+        return pending
+
+    def __enter__(self) -> BatchWriter:
+        return self
+
+    def __exit__(self, et: object, ev: object, tb: object) -> None:
+        # leaving early (an error, a pause): still finish what was handed over
+        if self._upserts is not None and self._commits is not None:
+            self._upserts.shutdown(wait=True)
+            self._commits.shutdown(wait=True)
+        if et is None:
+            self.flush()
+        else:
+            with contextlib.suppress(Exception):
+                self.flush()
+
+
+@contextlib.contextmanager
+def _checkpoint_connection(db: Database) -> Iterator[Connection]:
+    try:
+        with db.engine.connect() as conn:
+            yield conn
+    except OperationalError as exc:
+        raise DatabaseUnavailable(f"checkpoint database error: {exc.orig}") from exc
 
 
 class Heartbeat:
@@ -86,6 +190,15 @@ class DeadDoc:
     reason: str
 
 
+@dataclass(frozen=True)
+class EmbeddedPart:
+    """Vectors of one provider request, ready to upsert."""
+
+    ids: list[SourceId]
+    vectors: Matrix
+    hashes: list[str]
+
+
 @dataclass
 class BatchResult:
     docs: int
@@ -93,6 +206,12 @@ class BatchResult:
     embedded: int
     skipped: int
     dead: list[DeadDoc] = field(default_factory=list)
+    #: what ``embed_batch`` did not upsert itself (it was given no generation)
+    parts: list[EmbeddedPart] = field(default_factory=list, repr=False)
+
+    def upsert_into(self, generation: Generation, identity: ModelIdentity) -> None:
+        for part in self.parts:
+            generation.upsert(part.ids, part.vectors, part.hashes, identity)
 
 
 #: A single document that fails this many times in a row is a poison document.
@@ -103,7 +222,7 @@ def embed_batch(
     docs: list[Doc],
     embedder: Embedder,
     throttle: Throttle,
-    generation: Generation,
+    generation: Generation | None,
     *,
     limits: PackLimits | None = None,
     oversize_policy: OversizePolicy = "truncate",
@@ -119,15 +238,23 @@ def embed_batch(
     until the bad documents are alone; each is tried a few times, then dead-lettered. If every
     document of a batch fails, the provider is the problem, not the documents: it raises.
     The stored text hash is always the hash of the source text, truncated or not.
+    With ``generation=None`` nothing is upserted: the vectors are returned in ``parts``
+    for the caller to write (:meth:`BatchResult.upsert_into`).
     """
-    dead = [DeadDoc(str(d.id), "skipped", "empty text") for d in docs if not _has_text(d)]
-    keep = [d for d in docs if _has_text(d)]
+    keep: list[Doc] = []
+    dead: list[DeadDoc] = []
+    for doc in docs:
+        if doc.text and not doc.text.isspace():
+            keep.append(doc)
+        else:
+            dead.append(DeadDoc(str(doc.id), "skipped", "empty text"))
     if dead:
         log.info("docs_skipped_empty", count=len(dead), first=dead[0].doc_id)
     tokens = 0
     embedded = 0
     rejected: list[DeadDoc] = []
     errors: list[BackfleetError] = []
+    parts: list[EmbeddedPart] = []
 
     def run(part: list[tuple[Doc, str]]) -> None:
         nonlocal tokens, embedded
@@ -161,12 +288,13 @@ def embed_batch(
             errors.append(failure)
             rejected.append(DeadDoc(str(part[0][0].id), "rejected", str(failure)))
             return
-        generation.upsert(
-            [d.id for d, _ in part],
-            result.vectors,
-            [text_hash(d.text or "") for d, _ in part],
-            embedder.identity,
+        ready = EmbeddedPart(
+            [d.id for d, _ in part], result.vectors, [text_hash(d.text or "") for d, _ in part]
         )
+        if generation is None:
+            parts.append(ready)
+        else:
+            generation.upsert(ready.ids, ready.vectors, ready.hashes, embedder.identity)
         tokens += result.tokens
         embedded += len(part)
 
@@ -197,19 +325,16 @@ def embed_batch(
     tag = embedder.identity.tag
     metrics.DOCS.labels(tag).inc(embedded)
     metrics.TOKENS.labels(tag).inc(tokens)
-    for d in dead + rejected:
-        metrics.DEAD_LETTERED.labels(d.kind).inc()
+    for dd in dead + rejected:
+        metrics.DEAD_LETTERED.labels(dd.kind).inc()
     return BatchResult(
         docs=len(docs),
         tokens=tokens,
         embedded=embedded,
         skipped=sum(1 for d in dead if d.kind == "skipped"),
         dead=dead + rejected,
+        parts=parts,
     )
-
-
-def _has_text(doc: Doc) -> bool:
-    return doc.text is not None and bool(doc.text.strip())
 
 
 class RangePipeline:
@@ -219,16 +344,28 @@ class RangePipeline:
         self.ctx = ctx
 
     def _over_budget(
-        self, migration_id: int, docs: list[Doc], embedder: Embedder, price: float, owner: str
+        self,
+        migration_id: int,
+        docs: list[Doc],
+        embedder: Embedder,
+        price: float,
+        owner: str,
+        flush: Callable[[], bool],
     ) -> bool:
         """Pause the migration if the batches in flight could take spend over its budget.
 
         Every running range may spend one batch before the others see it, so the check
         reserves one batch (of this size) per running range: the cap holds under concurrency.
+        Under a budget, this range's last batch is committed first (``flush``), so the spend
+        read back includes it.
         """
         budget, tokens, running = checkpoint.budget_and_spend(self.ctx.db, migration_id)
         if budget is None:
             return False
+        if flush():
+            budget, tokens, running = checkpoint.budget_and_spend(self.ctx.db, migration_id)
+            if budget is None:
+                return False
         spent = tokens / 1_000_000 * price
         batch_tokens = sum(embedder.count_tokens(d.text) for d in docs if d.text)
         upcoming = batch_tokens / 1_000_000 * price * max(1, running)
@@ -281,32 +418,49 @@ class RangePipeline:
         price = model_cfg.price_per_million_tokens
         docs_total = 0
         try:
-            with Heartbeat(ctx.db, claim, cfg.lease_seconds, cfg.heartbeat_seconds) as beat:
+            with (
+                Heartbeat(ctx.db, claim, cfg.lease_seconds, cfg.heartbeat_seconds) as beat,
+                contextlib.ExitStack() as stack,
+            ):
                 if claim.cursor is None:
                     checkpoint.mark_read_started(ctx.db, claim, checkpoint.utcnow())
-                for docs in source.iter_batches(claim.lo, claim.hi, claim.cursor, cfg.batch_size):
+                batches = source.iter_batches(claim.lo, claim.hi, claim.cursor, cfg.batch_size)
+                if cfg.overlap:
+                    batches = stack.enter_context(ReadAhead(batches, name="source-read-ahead"))
+                # the range's advances share one connection: no checkout and ping per batch
+                pinned = stack.enter_context(_checkpoint_connection(ctx.db))
+                writer = stack.enter_context(BatchWriter(background=cfg.overlap))
+                for docs in batches:
                     beat.check()
-                    if price and self._over_budget(migration_id, docs, embedder, price, owner):
+                    if price and self._over_budget(
+                        migration_id, docs, embedder, price, owner, writer.flush
+                    ):
                         return "paused"
                     res = embed_batch(
                         docs,
                         embedder,
                         throttle,
-                        generation,
+                        None,  # upserted by the writer, while the next batch is embedded
                         limits=limits,
                         oversize_policy=model_cfg.oversize_policy,
                     )
                     beat.check()
-                    checkpoint.advance(
-                        ctx.db,
-                        claim,
-                        Source.encode_id(docs[-1].id),
-                        res.docs,
-                        res.tokens,
-                        cfg.lease_seconds,
-                        dead_letters=[(d.doc_id, d.kind, d.reason) for d in res.dead],
+                    writer.submit(
+                        functools.partial(res.upsert_into, generation, embedder.identity),
+                        functools.partial(
+                            checkpoint.advance,
+                            ctx.db,
+                            claim,
+                            Source.encode_id(docs[-1].id),
+                            res.docs,
+                            res.tokens,
+                            cfg.lease_seconds,
+                            dead_letters=[(d.doc_id, d.kind, d.reason) for d in res.dead],
+                            conn=pinned,
+                        ),
                     )
                     docs_total += res.docs
+                writer.flush()
                 checkpoint.complete(ctx.db, claim)
         except LeaseLost as exc:
             log.warning("range_lease_lost", migration=migration_id, range=range_id, error=str(exc))

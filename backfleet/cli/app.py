@@ -206,6 +206,7 @@ def worker(
     s = settings()
     capp = celery_app(s)
     check_broker(capp, s)
+    _warm_on_start(capp, pool)
     node = name or f"backfleet-{os.getpid()}@%h"
     capp.worker_main(
         [
@@ -225,6 +226,26 @@ def worker(
             "--without-mingle",
         ]
     )
+
+
+def _warm_on_start(capp: Any, pool: str) -> None:
+    """Connect before the first task: in each prefork child, or here for threads/solo.
+
+    In a prefork child the warm-up runs in a thread: Celery gives a new child only a few
+    seconds (``worker_proc_alive_timeout``) to report for work, and Milvus may be slow.
+    """
+    ctx = capp.backfleet_context
+    if pool == "prefork":
+        import threading
+
+        from celery.signals import worker_process_init
+
+        def warm(**_: object) -> None:
+            threading.Thread(target=ctx.warm, name="worker-warm-up", daemon=True).start()
+
+        worker_process_init.connect(warm, weak=False)
+    else:
+        ctx.warm()
 
 
 @app.command()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from backfleet.db.models import DeadLetter, Event, Migration, MigrationState, Range, RangeState
@@ -141,10 +141,36 @@ def claim(db: Database, range_id: int, owner: str, lease_seconds: float) -> Clai
     )
 
 
-#: For the per-batch statements (advance, heartbeat): their sessions hold no ORM objects to
-#: keep in sync, and the ORM's evaluation of the WHERE clause against the identity map was a
-#: quarter of each call (docs/benchmarks.md). The SQL is the same.
-_NO_SYNC = {"synchronize_session": False}
+#: For the statements that run on every batch or beat (advance, heartbeat): prebuilt Core
+#: statements with bound parameters, run on a plain connection. Per call this skips building
+#: the statement and the ORM session's bookkeeping: an advance went from ~3 ms (ORM
+#: bulk update) to ~1 ms of worker CPU (docs/benchmarks.md). Same SQL, same fencing.
+_FENCED_BY_PARAMS = and_(
+    Range.id == bindparam("f_range"),
+    Range.lease_token == bindparam("f_token"),
+    Range.state == RangeState.RUNNING,
+)
+_ADVANCE = (
+    update(Range)
+    .where(_FENCED_BY_PARAMS)
+    .values(
+        cursor=bindparam("v_cursor"),
+        docs_done=Range.docs_done + bindparam("v_docs"),
+        tokens_used=Range.tokens_used + bindparam("v_tokens"),
+        heartbeat_at=bindparam("v_now"),
+        lease_expires_at=bindparam("v_expires"),
+        updated_at=bindparam("v_now"),
+    )
+)
+_HEARTBEAT = (
+    update(Range)
+    .where(_FENCED_BY_PARAMS)
+    .values(heartbeat_at=bindparam("v_now"), lease_expires_at=bindparam("v_expires"))
+)
+
+
+def _fence_params(claim_: Claim) -> dict[str, Any]:
+    return {"f_range": claim_.range_id, "f_token": claim_.token}
 
 
 def _fenced(range_id: int, token: str) -> Any:
@@ -154,14 +180,9 @@ def _fenced(range_id: int, token: str) -> Any:
 def heartbeat(db: Database, claim_: Claim, lease_seconds: float) -> bool:
     """Renew the lease; ``False`` when it was lost."""
     now = utcnow()
-    with db.session() as session:
-        result = session.execute(
-            update(Range)
-            .where(_fenced(claim_.range_id, claim_.token))
-            .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds)),
-            execution_options=_NO_SYNC,
-        )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+    params = {"v_now": now, "v_expires": now + timedelta(seconds=lease_seconds)}
+    with db.transaction() as conn:
+        return bool(conn.execute(_HEARTBEAT, {**_fence_params(claim_), **params}).rowcount)
 
 
 def mark_read_started(db: Database, claim_: Claim, at: datetime) -> None:
@@ -182,36 +203,35 @@ def advance(
     tokens: int,
     lease_seconds: float,
     dead_letters: list[tuple[str, str, str]] | None = None,
+    conn: Connection | None = None,
 ) -> None:
     """Move the cursor after a batch is durably in Milvus; fenced by the lease token.
 
     Dead letters of the batch (doc id, kind, reason) are recorded in the same transaction.
+    ``conn``: a connection the caller holds for its range (no checkout and ping per batch).
     """
     now = utcnow()
-    with db.session() as session:
-        result = session.execute(
-            update(Range)
-            .where(_fenced(claim_.range_id, claim_.token))
-            .values(
-                cursor=cursor,
-                docs_done=Range.docs_done + docs,
-                tokens_used=Range.tokens_used + tokens,
-                heartbeat_at=now,
-                lease_expires_at=now + timedelta(seconds=lease_seconds),
-                updated_at=now,
-            ),
-            execution_options=_NO_SYNC,
-        )
-        if not result.rowcount:  # type: ignore[attr-defined]
+    params = {
+        "v_cursor": cursor,
+        "v_docs": docs,
+        "v_tokens": tokens,
+        "v_now": now,
+        "v_expires": now + timedelta(seconds=lease_seconds),
+    }
+    with db.transaction(conn) as tx:
+        if not tx.execute(_ADVANCE, {**_fence_params(claim_), **params}).rowcount:
             raise LeaseLost(
                 f"range {claim_.range_id}: lease of {claim_.owner} was lost; cursor not advanced"
             )
         if dead_letters:
-            save_dead_letters(session, claim_.migration_id, claim_.range_id, dead_letters)
+            save_dead_letters(tx, claim_.migration_id, claim_.range_id, dead_letters)
 
 
 def save_dead_letters(
-    session: Session, migration_id: int, range_id: int | None, rows: list[tuple[str, str, str]]
+    session: Session | Connection,
+    migration_id: int,
+    range_id: int | None,
+    rows: list[tuple[str, str, str]],
 ) -> None:
     """Insert or refresh dead letters (one row per document and migration)."""
     now = utcnow()
@@ -228,7 +248,8 @@ def save_dead_letters(
         }
         for doc_id, kind, reason in rows
     ]
-    dialect = session.get_bind().dialect.name
+    bind = session.get_bind() if isinstance(session, Session) else session
+    dialect = bind.dialect.name
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as dialect_insert
     else:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -80,6 +80,24 @@ class Database:
             except BaseException:
                 session.rollback()
                 raise
+
+    @contextmanager
+    def transaction(self, conn: Connection | None = None) -> Iterator[Connection]:
+        """A short Core transaction (no ORM session): for the per-batch statements.
+
+        On ``conn`` when given (a connection the caller holds, checked out and pinged once,
+        used by one thread at a time), else on a connection from the pool. Commits on
+        success, rolls back on error; driver errors converted like ``session``.
+        """
+        try:
+            if conn is None:
+                with self.engine.begin() as fresh:
+                    yield fresh
+            else:
+                with conn.begin():
+                    yield conn
+        except OperationalError as exc:
+            raise DatabaseUnavailable(f"checkpoint database error: {_first_line(exc)}") from exc
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -94,7 +94,7 @@ def call_provider(
 ) -> EmbedResult:
     """One provider call under the fleet-wide limiter, retried by tenacity on Retryable,
     with its metrics: what the backfill, re-embeds and dual writes all send through."""
-    tokens = sum(embedder.count_tokens(t) for t in texts)
+    tokens = sum(embedder.count_tokens(t) for t in texts) if throttle.counts_tokens else 0
     ident = embedder.identity
     labels = (ident.provider, ident.name)
 
