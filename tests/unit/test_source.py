@@ -136,3 +136,40 @@ def test_corpus_seed_and_stats(engine: Engine) -> None:
     docs, chars = s.stats()
     assert docs == 500 and chars > 500 * 50
     assert s.fetch([3, 1, 999])[0].id == 1
+
+
+def test_keyset_walk_matches_single_batches_for_text_ids_and_open_bounds(engine: Engine) -> None:
+    ids = ["b", "B", "a", "a0", "ab", "Z", "_", "zz", "é", "0"]
+    make_table(engine, ids, id_type="str")
+    s = src(engine)
+    everything = [d.id for b in s.iter_batches(None, None, None, 3) for d in b]
+    assert everything == sorted(ids, key=lambda i: i.encode())  # bytewise, like Milvus
+    # every combination of bounds gives what the one-batch query gives
+    for lo, hi, after in [("B", "b", None), (None, "a0", "0"), ("a", None, "ab"), ("a", "zz", "a")]:
+        walked = [d.id for b in s.iter_batches(lo, hi, after, 2) for d in b]
+        assert walked == [d.id for d in s.batch(lo, hi, after, 100)], (lo, hi, after)
+
+
+def test_keyset_walk_sends_the_keyset_statement_on_one_connection(engine: Engine) -> None:
+    make_table(engine, list(range(1, 21)))
+    s = src(engine)
+    from sqlalchemy import event
+
+    statements: list[tuple[str, tuple[object, ...]]] = []
+    checkouts: list[object] = []
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def grab(conn, cursor, statement, params, *args):  # type: ignore[no-untyped-def]
+        statements.append((statement, tuple(params)))
+
+    @event.listens_for(engine.pool, "checkout")
+    def checkout(dbapi_conn, record, proxy):  # type: ignore[no-untyped-def]
+        checkouts.append(dbapi_conn)
+
+    batches = [[d.id for d in b] for b in s.iter_batches("5", "18", "6", 5)]
+    assert batches == [[7, 8, 9, 10, 11], [12, 13, 14, 15, 16], [17]]
+    keyset = [st for st, _ in statements if "ORDER BY" in st]
+    # three batches and the read that finds the range exhausted
+    assert len(keyset) == 4 and all("id > ?" in st for st in keyset)
+    assert [p[-1] for st, p in statements if "ORDER BY" in st] == [0, 0, 0, 0]  # OFFSET 0 only
+    assert len(checkouts) == 1
