@@ -12,8 +12,8 @@ in Postgres; the corpus is large enough that no run ends inside its window.
 Usage (repository root; Postgres and Redis running; starts its own milvus-server unless
 ``--milvus-uri``)::
 
-    /work/venv/bin/python bench/latency.py                          # c = 1, 4, 16; ~3 min
-    /work/venv/bin/python bench/latency.py --concurrency 1,4 --steady 20 --latency-ms 500
+    .venv/bin/python bench/latency.py                          # c = 1, 4, 16; ~3 min
+    .venv/bin/python bench/latency.py --concurrency 1,4 --steady 20 --latency-ms 500
 """
 
 from __future__ import annotations

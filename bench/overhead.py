@@ -20,9 +20,9 @@ the long-run memory benchmark (``--docs 1000000 --dims 384 --sides fleet``).
 Usage (repository root; Postgres and Redis running; starts its own milvus-server unless
 ``--milvus-uri``, so no test session may hold one)::
 
-    python bench/overhead.py                     # 100k docs, 384 and 1536, ~10 min
-    python bench/overhead.py --docs 20000 --dims 384
-    python bench/overhead.py --docs 1000000 --dims 384 --sides fleet --repeat 1
+    .venv/bin/python bench/overhead.py                     # 100k docs, 384 and 1536, ~10 min
+    .venv/bin/python bench/overhead.py --docs 20000 --dims 384
+    .venv/bin/python bench/overhead.py --docs 1000000 --dims 384 --sides fleet --repeat 1
 
 Each side runs ``--repeat`` times (default 2) in alternating order, each run only after Milvus
 has gone quiet (index builds and compactions of the previous run finished), so neither side

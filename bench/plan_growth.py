@@ -10,8 +10,8 @@ heap during the plan (tracemalloc) — flat means no id list was pulled into Pyt
 
 Usage (repository root; Postgres running)::
 
-    /work/venv/bin/python bench/plan_growth.py                     # 1M and 10M rows, ~4 min
-    /work/venv/bin/python bench/plan_growth.py --sizes 1000000 --range-size 10000
+    .venv/bin/python bench/plan_growth.py                     # 1M and 10M rows, ~4 min
+    .venv/bin/python bench/plan_growth.py --sizes 1000000 --range-size 10000
 """
 
 from __future__ import annotations

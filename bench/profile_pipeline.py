@@ -5,12 +5,12 @@ True)``: the same pipeline a worker runs, in this process), so the profile holds
 keyset reads, embedding, validation, upsert, advance and complete, and nothing else. Prints
 docs/s and pyinstrument's call tree; ``--html PATH`` also writes the interactive report.
 
-Needs pyinstrument (``/work/venv/bin/pip install pyinstrument``); not a dependency of the package.
+pyinstrument comes with the dev extras (``make install``).
 
 Usage (repository root; Postgres running; starts milvus-server unless told otherwise)::
 
-    /work/venv/bin/python bench/profile_pipeline.py                       # 50k docs, dim 384
-    /work/venv/bin/python bench/profile_pipeline.py --docs 20000 --dim 1536 --milvus lite
+    .venv/bin/python bench/profile_pipeline.py                       # 50k docs, dim 384
+    .venv/bin/python bench/profile_pipeline.py --docs 20000 --dim 1536 --milvus lite
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ Two modes, each at every worker count:
 Usage (from the repository root, Postgres and Redis running; starts its own milvus-server, so
 no test session may be running one)::
 
-    /work/venv/bin/python bench/rate_limit.py                       # everything, ~11 minutes
-    /work/venv/bin/python bench/rate_limit.py --workers 2 --modes throttle --steady 30
+    .venv/bin/python bench/rate_limit.py                       # everything, ~11 minutes
+    .venv/bin/python bench/rate_limit.py --workers 2 --modes throttle --steady 30
 
 Prints one table; ``--json PATH`` also writes the figures.
 """

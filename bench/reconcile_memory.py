@@ -5,7 +5,7 @@ shadow generation filled directly (no workers: embed_batch with the local model)
 ``reconcile_migration`` runs in a fresh child process, twice: once plain (ids/s, peak RSS
 from ``ru_maxrss``) and once under ``tracemalloc`` (peak Python heap; slower).
 
-    /work/venv/bin/python bench/reconcile_memory.py --sizes 20000 100000 [--milvus server|lite]
+    .venv/bin/python bench/reconcile_memory.py --sizes 20000 100000 [--milvus server|lite]
 """
 
 from __future__ import annotations
@@ -73,7 +73,6 @@ def child(args: argparse.Namespace) -> None:
 
 def build(size: int, pg_url: str, milvus_uri: str, range_size: int) -> int:
     """Seed the corpus, plan a migration and fill its shadow; the migration id."""
-    from backfleet.corpus import seed_source
     from backfleet.db.schema import upgrade
     from backfleet.db.session import Database, make_engine
     from backfleet.embedding.factory import embedder_for
@@ -91,8 +90,11 @@ def build(size: int, pg_url: str, milvus_uri: str, range_size: int) -> int:
         source=SourceSettings(url=pg_url, table="documents"),
         backfill=BackfillSettings(range_size=range_size),
     )
+    from bench._common import seed_sql
+
+    # the corpus in SQL (generate_series): a million rows in seconds, not minutes of Python
+    print(f"  seeded {size:,} rows in {seed_sql(pg_url, size):.1f}s", file=sys.stderr)
     engine = make_engine(pg_url)
-    seed_source(engine, size)
     source = Source(engine, settings.source)
     db = Database(pg_url)
     upgrade(db.engine)

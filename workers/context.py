@@ -31,8 +31,12 @@ _FILLING = (MigrationState.BACKFILLING, MigrationState.CATCHING_UP, MigrationSta
 class WorkerContext:
     """Per-process resources: checkpoint DB, source, Milvus, embedders, throttle."""
 
-    def __init__(self, settings: Settings, *, throttle: Throttle | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, throttle: Throttle | None = None, slots: int = 1
+    ) -> None:
         self.settings = settings
+        #: ranges this process runs at once (the thread pool's concurrency; 1 for prefork)
+        self.slots = slots
         self._pid = -1
         self._lock = threading.Lock()
         self._throttle_override = throttle
@@ -62,7 +66,8 @@ class WorkerContext:
         self._check_pid()
         with self._lock:
             if self._db is None:
-                self._db = Database(self.settings.database_url)
+                # per running range: its pinned checkpoint connection, heartbeats, claims
+                self._db = Database(self.settings.database_url, pool_size=2 * self.slots + 2)
             return self._db
 
     @property
@@ -70,9 +75,11 @@ class WorkerContext:
         self._check_pid()
         with self._lock:
             if self._source is None:
-                self._source = Source(
-                    make_engine(self.settings.source.url, what="source.url"), self.settings.source
+                # per running range: the connection its keyset walk holds
+                engine = make_engine(
+                    self.settings.source.url, what="source.url", pool_size=self.slots + 2
                 )
+                self._source = Source(engine, self.settings.source)
             return self._source
 
     @property

@@ -206,6 +206,8 @@ def worker(
     s = settings()
     capp = celery_app(s)
     check_broker(capp, s)
+    # a thread pool runs `concurrency` ranges in one process: size its connection pools
+    capp.backfleet_context.slots = concurrency if pool == "threads" else 1
     _warm_on_start(capp, pool)
     node = name or f"backfleet-{os.getpid()}@%h"
     capp.worker_main(

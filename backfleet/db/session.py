@@ -14,14 +14,17 @@ from backfleet.errors import ConfigError, DatabaseUnavailable
 from backfleet.settings import redact_url
 
 
-def make_engine(url: str, *, what: str = "database_url") -> Engine:
-    """An engine with pre-ping; SQLite gets WAL and a busy timeout for the demo."""
+def make_engine(url: str, *, what: str = "database_url", pool_size: int = 4) -> Engine:
+    """An engine with pre-ping; SQLite gets WAL and a busy timeout for the demo.
+
+    ``pool_size`` connections stay open, as many again may be opened under load.
+    """
     kwargs: dict[str, Any] = {"pool_pre_ping": True, "future": True}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     else:
-        kwargs["pool_size"] = 4
-        kwargs["max_overflow"] = 4
+        kwargs["pool_size"] = pool_size
+        kwargs["max_overflow"] = pool_size
     try:
         engine = create_engine(url, **kwargs)
     except Exception as exc:  # bad URL or missing driver
@@ -62,9 +65,9 @@ def _first_line(exc: DBAPIError) -> str:
 class Database:
     """The checkpoint database: an engine and a session factory."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, pool_size: int = 4) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, pool_size=pool_size)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager

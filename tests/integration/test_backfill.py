@@ -115,3 +115,52 @@ def test_backfill_20k_with_two_workers(
     st = migration_status(db, report.migration_id, settings.alias)
     assert st.docs_done == DOCS
     assert st.eta_seconds == 0.0
+
+
+def test_thread_pool_worker_runs_many_ranges_at_once(
+    pg_url: str, milvus_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """12 ranges in one process at once: each holds a source and a checkpoint connection for
+    its walk, so the process's pools must be sized by its slots, not the default 4 + 4."""
+    monkeypatch.chdir(tmp_path)
+    docs = 6_000
+    settings = make_settings(
+        pg_url=pg_url,
+        redis_url=redis_db_url(12),
+        milvus_uri=milvus_uri,
+        range_size=500,
+        batch_size=50,
+    )
+    engine = make_engine(pg_url)
+    seed_source(engine, docs)
+    source = Source(engine, settings.source)
+    db = Database(settings.database_url)
+    upgrade(db.engine)
+    store = VectorStore(milvus_uri)
+    v2 = embedder_for(settings, "local-v2")
+    report = plan_migration(settings, db, store, source, v2, model_label="local-v2", actor="test")
+    assert report.ranges == 12
+
+    fleet = WorkerFleet(settings_env(settings), tmp_path)
+    fleet.start(1, concurrency=12, pool="threads")
+    try:
+        app = create_app(settings)
+        start_migration(db, store, app, report.migration_id, actor="test", index_type="HNSW")
+
+        def finished() -> bool:
+            st = migration_status(db, report.migration_id, settings.alias)
+            assert st.ranges["failed"] == 0, st.failed
+            return st.ranges["done"] == report.ranges
+
+        wait_for(finished, 300, "every range done", on_timeout=fleet.logs)
+        logs = fleet.logs()
+    finally:
+        fleet.stop()
+    assert "TimeoutError" not in logs and "QueuePool limit" not in logs, logs[-3000:]
+    assert "range_released" not in logs and "range_error" not in logs, logs[-3000:]
+    with db.session() as session:
+        attempts = session.execute(
+            select(Range.attempts).where(Range.migration_id == report.migration_id)
+        ).scalars()
+        assert set(attempts) == {0}  # no range failed once
+    assert store.open_generation(report.target_generation).count() == docs
