@@ -41,6 +41,11 @@ class ReadAhead(Generic[T]):
             self._put((_END, None))
         except BaseException as exc:  # handed to the consumer, which decides
             self._put((_ERROR, exc))
+        finally:
+            # a generator left early gives back what it holds (a connection) now, here
+            close = getattr(self._items, "close", None)
+            if close is not None:
+                close()
 
     def _put(self, message: tuple[str, object]) -> bool:
         while not self._stop.is_set():

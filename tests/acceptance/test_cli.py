@@ -157,3 +157,16 @@ def test_generation_model_mismatch_refused(env: dict[str, str], tmp_path: Path) 
         fleet.stop()
     st = json.loads(run(["status", "--json"], env, tmp_path).stdout)
     assert st["docs_done"] == 0 and st["ranges"]["pending"] == 4
+
+
+def test_demo_runs_a_whole_migration_with_no_servers(tmp_path: Path) -> None:
+    """README's first command (`make demo` runs `backfleet demo`): plan to cutover, offline."""
+    env = {
+        "BACKFLEET_DATABASE_URL": "postgresql+psycopg://nobody@127.0.0.1:1/none",  # never used
+        "BACKFLEET_BROKER_URL": "redis://127.0.0.1:1/0",
+    }
+    proc = run(["demo", "--docs", "600", "--dir", str(tmp_path / "demo")], env, tmp_path, 600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "demo finished" in out
+    assert (tmp_path / "demo" / "checkpoints.db").exists()

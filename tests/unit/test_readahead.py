@@ -12,12 +12,18 @@ from backfleet.errors import DatabaseUnavailable
 from backfleet.readahead import ReadAhead
 
 
-def counting(n: int, produced: list[int], fail_at: int | None = None) -> Iterator[int]:
-    for i in range(n):
-        if i == fail_at:
-            raise DatabaseUnavailable("source went away")
-        produced.append(i)
-        yield i
+def counting(
+    n: int, produced: list[int], fail_at: int | None = None, closed: list[bool] | None = None
+) -> Iterator[int]:
+    try:
+        for i in range(n):
+            if i == fail_at:
+                raise DatabaseUnavailable("source went away")
+            produced.append(i)
+            yield i
+    finally:
+        if closed is not None:
+            closed.append(True)
 
 
 def wait_until(cond: object, timeout: float = 5.0) -> None:
@@ -62,12 +68,14 @@ def test_reader_error_reaches_the_consumer_after_the_items_before_it() -> None:
 
 def test_close_stops_a_reader_blocked_on_a_full_queue() -> None:
     produced: list[int] = []
+    closed: list[bool] = []
     before = threading.active_count()
-    ahead = ReadAhead(counting(1_000_000, produced), name="test-read-ahead")
+    ahead = ReadAhead(counting(1_000_000, produced, closed=closed), name="test-read-ahead")
     assert next(ahead) == 0
     wait_until(lambda: len(produced) >= 3)
     ahead.close()
     assert not any(t.name == "test-read-ahead" for t in threading.enumerate())
     assert threading.active_count() == before
     assert len(produced) < 10
+    assert closed == [True]  # the source generator was closed (its connection given back)
     assert next(ahead, None) is None
