@@ -51,85 +51,52 @@ Outcome = Literal[
 
 
 class BatchWriter:
-    """Upserts batch N and commits its checkpoint while batch N+1 is read and embedded.
+    """Upserts batch N and then commits its checkpoint while batch N+1 is read and embedded.
 
-    Two single-thread stages: *upsert* (one batch in flight) and *commit* (cursor advances,
-    in submission order). A batch's advance is queued only after its own upsert returned, so
-    the cursor never runs ahead of Milvus. The first error of either stage is sticky: every
-    later job is skipped, and the error is raised by the next ``submit`` or ``flush``. A
-    batch upserted but not yet committed when a worker dies is repeated on retry, which an
-    upsert makes harmless. With ``background=False`` each ``submit`` upserts and commits
-    before it returns.
+    One background writer, one batch at a time: a batch's cursor advance runs right after its
+    own upsert returned, and the next batch is handed over only once the previous one is
+    upserted *and* committed. So the per-batch contract is the sequential one: the cursor
+    never runs ahead of Milvus, and a crash repeats at most one upserted batch. An error
+    (a failed upsert, a lost lease, a database outage) is raised by the next ``submit`` or
+    ``flush``, and nothing after it is written. With ``background=False`` each ``submit``
+    upserts and commits before it returns.
     """
 
     def __init__(self, *, background: bool) -> None:
-        self._upserts: ThreadPoolExecutor | None = None
-        self._commits: ThreadPoolExecutor | None = None
-        if background:
-            self._upserts = ThreadPoolExecutor(1, thread_name_prefix="batch-upsert")
-            self._commits = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-commit")
-        self._upserting: Future[None] | None = None
-        self._committing: Future[None] | None = None
-        self._error: BaseException | None = None
+        self._executor = (
+            ThreadPoolExecutor(1, thread_name_prefix="batch-writer") if background else None
+        )
+        self._pending: Future[None] | None = None
 
     def submit(self, upsert: Callable[[], object], advance: Callable[[], object]) -> None:
-        if self._upserts is None:
+        if self._executor is None:
             upsert()
             advance()
             return
-        self._wait_upsert()
-        self._upserting = self._upserts.submit(self._upsert_then_queue, upsert, advance)
+        self.flush()
+        self._pending = self._executor.submit(self._write, upsert, advance)
 
-    def _upsert_then_queue(
-        self, upsert: Callable[[], object], advance: Callable[[], object]
-    ) -> None:
-        if self._error is not None:
-            return
-        try:
-            upsert()
-        except BaseException as exc:
-            self._error = exc
-            return
-        assert self._commits is not None
-        self._committing = self._commits.submit(self._commit, advance)
-
-    def _commit(self, advance: Callable[[], object]) -> None:
-        if self._error is not None:
-            return
-        try:
-            advance()
-        except BaseException as exc:
-            self._error = exc
-
-    def _wait_upsert(self) -> None:
-        if self._upserting is not None:
-            self._upserting.result()
-            self._upserting = None
-        if self._error is not None:
-            raise self._error
+    @staticmethod
+    def _write(upsert: Callable[[], object], advance: Callable[[], object]) -> None:
+        upsert()
+        advance()
 
     def flush(self) -> bool:
-        """Wait until every batch submitted is upserted and committed; True if any was pending.
-
-        Raises the first error of either stage.
-        """
-        pending = self._upserting is not None or self._committing is not None
-        self._wait_upsert()
-        if self._committing is not None:
-            self._committing.result()
-            self._committing = None
-        if self._error is not None:
-            raise self._error
-        return pending
+        """Wait until the batch handed over is upserted and committed (raising its error);
+        True if one was in flight."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return False
+        pending.result()
+        return True
 
     def __enter__(self) -> BatchWriter:
         return self
 
     def __exit__(self, et: object, ev: object, tb: object) -> None:
-        # leaving early (an error, a pause): still finish what was handed over
-        if self._upserts is not None and self._commits is not None:
-            self._upserts.shutdown(wait=True)
-            self._commits.shutdown(wait=True)
+        # leaving early (an error, a pause): still finish the batch already handed over
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
         if et is None:
             self.flush()
         else:
