@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -109,6 +109,7 @@ class Source:
                 hint="point source.id_column at an integer or text primary key",
             )
         self._postgres = engine.dialect.name == "postgresql"
+        self._convert = self._row_converter()
         # the source is only read: no BEGIN/ROLLBACK round trips around each batch
         self._reader = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._keyset_cache: dict[
@@ -223,11 +224,31 @@ class Source:
                     values["after"] = cursor
                 bound = {**defaults, **values}
                 params: Any = tuple(bound[n] for n in names) if names is not None else bound
-                docs = [Doc(*row) for row in conn.exec_driver_sql(sql, params).fetchall()]
+                rows = conn.exec_driver_sql(sql, params).fetchall()
+                if self._convert is None:
+                    docs = [Doc(*row) for row in rows]
+                else:  # driver SQL skips SQLAlchemy's result types (SQLite: text timestamps)
+                    docs = [Doc(*self._convert(row)) for row in rows]
                 if not docs:
                     return
                 yield docs
                 cursor = docs[-1].id
+
+    def _row_converter(self) -> Callable[[Sequence[Any]], tuple[Any, ...]] | None:
+        """What SQLAlchemy's result types would do to a keyset row on this dialect, or ``None``
+        when the driver's values are already right (psycopg: ints, strings, datetimes)."""
+        cols = [self.id_col, self.text_col]
+        if self.updated_col is not None:
+            cols.append(self.updated_col)
+        dialect = self.engine.dialect
+        procs = [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in cols]
+        if all(p is None for p in procs):
+            return None
+
+        def convert(row: Sequence[Any]) -> tuple[Any, ...]:
+            return tuple(v if p is None else p(v) for p, v in zip(procs, row, strict=True))
+
+        return convert
 
     def _keyset_sql(
         self, lo: bool, hi: bool, after: bool

@@ -173,3 +173,16 @@ def test_keyset_walk_sends_the_keyset_statement_on_one_connection(engine: Engine
     assert len(keyset) == 4 and all("id > ?" in st for st in keyset)
     assert [p[-1] for st, p in statements if "ORDER BY" in st] == [0, 0, 0, 0]  # OFFSET 0 only
     assert len(checkouts) == 1
+
+
+def test_keyset_walk_returns_the_same_values_as_a_batch_timestamps_included(
+    engine: Engine,
+) -> None:
+    """The walk sends driver SQL; SQLite returns timestamps as text, which it must convert."""
+    from datetime import datetime
+
+    seed_source(engine, 50)
+    s = Source(engine, SourceSettings(table="documents", updated_at_column="updated_at"))
+    walked = [d for b in s.iter_batches(None, None, None, 7) for d in b]
+    assert walked == s.batch(None, None, None, 100)
+    assert all(isinstance(d.updated_at, datetime) for d in walked)
