@@ -97,6 +97,10 @@ class Source:
             if settings.updated_at_column
             else None
         )
+        #: what every read returns, in ``Doc`` order
+        self.columns = [self.id_col, self.text_col]
+        if self.updated_col is not None:
+            self.columns.append(self.updated_col)
         id_type = self.id_col.type
         if isinstance(id_type, Integer):
             self.id_type = "int"
@@ -187,13 +191,10 @@ class Source:
 
     def batch(self, lo: str | None, hi: str | None, after: str | None, limit: int) -> list[Doc]:
         """Up to ``limit`` documents of ``[lo, hi)`` with id > ``after``, in id order."""
-        cols = [self.id_col, self.text_col]
-        if self.updated_col is not None:
-            cols.append(self.updated_col)
         conds = self._in_range(lo, hi)
         if after is not None:
             conds.append(self.key > self.decode_id(after))
-        stmt = select(*cols).where(and_(True, *conds)).order_by(self.key).limit(limit)
+        stmt = select(*self.columns).where(and_(True, *conds)).order_by(self.key).limit(limit)
         with self._conn() as conn:
             rows = conn.execute(stmt).all()
         return [Doc(*row) for row in rows]
@@ -237,11 +238,8 @@ class Source:
     def _row_converter(self) -> Callable[[Sequence[Any]], tuple[Any, ...]] | None:
         """What SQLAlchemy's result types would do to a keyset row on this dialect, or ``None``
         when the driver's values are already right (psycopg: ints, strings, datetimes)."""
-        cols = [self.id_col, self.text_col]
-        if self.updated_col is not None:
-            cols.append(self.updated_col)
         dialect = self.engine.dialect
-        procs = [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in cols]
+        procs = [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in self.columns]
         if all(p is None for p in procs):
             return None
 
@@ -260,9 +258,6 @@ class Source:
         cached = self._keyset_cache.get(key)
         if cached is not None:
             return cached
-        cols = [self.id_col, self.text_col]
-        if self.updated_col is not None:
-            cols.append(self.updated_col)
         conds: list[ColumnElement[bool]] = []
         if lo:
             conds.append(self.key >= bindparam("lo", type_=self.id_col.type))
@@ -270,7 +265,7 @@ class Source:
             conds.append(self.key < bindparam("hi", type_=self.id_col.type))
         if after:
             conds.append(self.key > bindparam("after", type_=self.id_col.type))
-        stmt = select(*cols).order_by(self.key).limit(bindparam("n", type_=Integer()))
+        stmt = select(*self.columns).order_by(self.key).limit(bindparam("n", type_=Integer()))
         if conds:
             stmt = stmt.where(and_(*conds))
         compiled = stmt.compile(dialect=self.engine.dialect)
@@ -285,10 +280,7 @@ class Source:
         """Documents by id (missing ids are simply absent)."""
         if not ids:
             return []
-        cols = [self.id_col, self.text_col]
-        if self.updated_col is not None:
-            cols.append(self.updated_col)
-        stmt = select(*cols).where(self.id_col.in_(list(ids))).order_by(self.key)
+        stmt = select(*self.columns).where(self.id_col.in_(list(ids))).order_by(self.key)
         with self._conn() as conn:
             rows = conn.execute(stmt).all()
         return [Doc(*r) for r in rows]

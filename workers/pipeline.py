@@ -10,13 +10,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
-
-from sqlalchemy import Connection
-from sqlalchemy.exc import OperationalError
 
 from backfleet import metrics
 from backfleet.db import checkpoint
@@ -28,7 +25,6 @@ from backfleet.embedding.packing import OversizePolicy, PackLimits, pack
 from backfleet.embedding.retry import call_provider
 from backfleet.errors import (
     BackfleetError,
-    DatabaseUnavailable,
     InvalidEmbedding,
     LeaseLost,
     ModelMismatch,
@@ -102,15 +98,6 @@ class BatchWriter:
         else:
             with contextlib.suppress(Exception):
                 self.flush()
-
-
-@contextlib.contextmanager
-def _checkpoint_connection(db: Database) -> Iterator[Connection]:
-    try:
-        with db.engine.connect() as conn:
-            yield conn
-    except OperationalError as exc:
-        raise DatabaseUnavailable(f"checkpoint database error: {exc.orig}") from exc
 
 
 class Heartbeat:
@@ -395,7 +382,7 @@ class RangePipeline:
                 if cfg.overlap:
                     batches = stack.enter_context(ReadAhead(batches, name="source-read-ahead"))
                 # the range's advances share one connection: no checkout and ping per batch
-                pinned = stack.enter_context(_checkpoint_connection(ctx.db))
+                pinned = stack.enter_context(ctx.db.connection())
                 writer = stack.enter_context(BatchWriter(background=cfg.overlap))
                 for docs in batches:
                     beat.check()

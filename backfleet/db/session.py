@@ -102,5 +102,15 @@ class Database:
         except OperationalError as exc:
             raise DatabaseUnavailable(f"checkpoint database error: {_first_line(exc)}") from exc
 
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """A connection held by the caller for many short transactions (``transaction(conn)``):
+        checked out and pinged once. Driver errors converted like ``session``."""
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except OperationalError as exc:
+            raise DatabaseUnavailable(f"checkpoint database error: {_first_line(exc)}") from exc
+
     def dispose(self) -> None:
         self.engine.dispose()
