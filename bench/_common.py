@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
+import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,12 @@ def machine() -> str:
         f"{os.cpu_count()} cores, {mem:.0f} GiB, {platform.machine()}, "
         f"Python {platform.python_version()}, loadavg {loadavg()}"
     )
+
+
+def write_json(path: Path, results: list[Any]) -> None:
+    """The machine, the command line and every result (dataclasses), for later comparison."""
+    data = {"machine": machine(), "argv": sys.argv, "results": [asdict(r) for r in results]}
+    path.write_text(json.dumps(data, indent=2))
 
 
 def loadavg() -> str:

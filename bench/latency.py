@@ -19,18 +19,17 @@ Usage (repository root; Postgres and Redis running; starts its own milvus-server
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench._common import loadavg, machine, seed_sql, wait_for_log  # noqa: E402
+from bench._common import loadavg, machine, seed_sql, wait_for_log, write_json  # noqa: E402
 
 KEY_ENV = "REHEARSAL_KEY"
 MODEL_NAME = "rehearsal-embed"
@@ -248,12 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(f"\nworker logs in {logdir}")
     if args.json:
-        args.json.write_text(
-            json.dumps(
-                {"machine": machine(), "argv": sys.argv, "results": [asdict(r) for r in results]},
-                indent=2,
-            )
-        )
+        write_json(args.json, results)
     return 0
 
 

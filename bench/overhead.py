@@ -33,11 +33,10 @@ pays for the other's background work; the table shows every run and the best of 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -53,6 +52,7 @@ from bench._common import (  # noqa: E402
     seed_sql,
     wait_for_log,
     wait_milvus_quiet,
+    write_json,
 )
 
 REDIS_DB = 14
@@ -441,12 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(results))
     print(f"\nworker logs in {logdir}")
     if args.json:
-        args.json.write_text(
-            json.dumps(
-                {"machine": machine(), "argv": sys.argv, "results": [asdict(r) for r in results]},
-                indent=2,
-            )
-        )
+        write_json(args.json, results)
     return 0
 
 

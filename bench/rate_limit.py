@@ -29,21 +29,21 @@ Prints one table; ``--json PATH`` also writes the figures.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from bench._common import machine, write_json  # noqa: E402
 
 KEY_ENV = "REHEARSAL_KEY"
 RATE_LIMIT_ENV = "BENCH_CELERY_RATE_LIMIT"  # read only by this file's worker launcher
@@ -263,17 +263,6 @@ class _BaselineFleet:
 # --- main ----------------------------------------------------------------------------------
 
 
-def machine() -> str:
-    try:
-        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    except (ValueError, OSError):
-        mem = float("nan")
-    return (
-        f"{os.cpu_count()} cores, {mem:.0f} GiB, {platform.machine()}, "
-        f"Python {platform.python_version()}"
-    )
-
-
 def table(results: list[Result]) -> str:
     head = (
         f"{'mode':<9} {'workers':>7} {'steady s':>8} {'accepted':>8} {'req util':>8} "
@@ -358,12 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(results))
     print(f"\ntotal {time.monotonic() - started:.0f}s; worker logs in {logdir}")
     if args.json:
-        args.json.write_text(
-            json.dumps(
-                {"machine": machine(), "argv": sys.argv, "results": [asdict(r) for r in results]},
-                indent=2,
-            )
-        )
+        write_json(args.json, results)
     return 0
 
 
