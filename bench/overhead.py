@@ -7,7 +7,11 @@ the same Milvus server. What differs is everything backfleet adds:
 
 ``bare``   one process, one loop: ``SELECT id, text … WHERE id > :last ORDER BY id LIMIT :n``
            (psycopg) → embed → ``MilvusClient.upsert``. No checkpoints, no Celery, no validation.
-``bare-np`` (optional) the same with float32 numpy rows instead of lists, as the fleet now does.
+``bare-np`` (optional) the same with float32 numpy rows instead of lists.
+``bare-columns`` (optional) the same loop, but each batch sent as the request the fleet sends:
+           built column by column from the float32 matrix (``backfleet/vectorstore/request.py``)
+           instead of ``MilvusClient.upsert``'s row packing. What the fleet costs beyond
+           its request building.
 ``fleet``  the product: ``plan_migration`` + ``start_migration`` with real ``backfleet worker``
            processes (Celery on Redis, prefork), each range claimed, heartbeated and advanced
            in Postgres per batch, vectors validated, model identity checked.
@@ -88,10 +92,12 @@ def bare_loop(
     batch: int,
     index_type: str,
     ndarray_rows: bool = False,
+    columns: bool = False,
 ) -> Result:
     """Keyset read → embed → upsert, one process, nothing else.
 
-    ``ndarray_rows`` hands pymilvus float32 rows instead of lists (what Generation.upsert does).
+    ``ndarray_rows`` hands pymilvus float32 rows instead of lists; ``columns`` sends the
+    column-built request the fleet sends (``Generation.upsert``) instead of rows.
     """
     import psycopg
     from pymilvus import MilvusClient
@@ -99,6 +105,7 @@ def bare_loop(
     from backfleet.embedding.factory import build_embedder
     from backfleet.source import text_hash
     from backfleet.vectorstore import VectorStore
+    from backfleet.vectorstore.request import ColumnSender, build_upsert
 
     embedder = build_embedder(model_settings(dimension))
     tag = embedder.identity.tag
@@ -106,6 +113,7 @@ def bare_loop(
     store = VectorStore(milvus_uri)
     store.create_generation(name, "bare_alias", embedder.identity, "int", index_type)
     client = MilvusClient(uri=milvus_uri)
+    sender = ColumnSender(client)
     dsn = pg_url.replace("postgresql+psycopg://", "postgresql://")
     docs = 0
     started, wall0 = time.monotonic(), time.time()
@@ -119,6 +127,14 @@ def bare_loop(
                 break
             vectors = embedder.embed([r[1] for r in rows]).vectors
             now_ms = int(time.time() * 1000)
+            if columns:
+                ids = [r[0] for r in rows]
+                hashes = [text_hash(r[1]) for r in rows]
+                request = build_upsert(name, ids, vectors, tag, hashes, now_ms)
+                sender.send(request, 60.0)
+                docs += len(rows)
+                last = rows[-1][0]
+                continue
             client.upsert(
                 name,
                 [
@@ -144,7 +160,7 @@ def bare_loop(
     store.close()
     if stored != docs:
         raise RuntimeError(f"bare loop: {stored} rows in Milvus for {docs} docs")
-    side = "bare-np" if ndarray_rows else "bare"
+    side = "bare-columns" if columns else "bare-np" if ndarray_rows else "bare"
     return Result(
         side,
         dimension,
@@ -306,7 +322,7 @@ def fleet_run(
 
 def table(results: list[Result]) -> str:
     head = (
-        f"{'dim':>5} {'side':<7} {'workers':>7} {'docs':>9} {'seconds':>8} {'docs/s':>8} "
+        f"{'dim':>5} {'side':<12} {'workers':>7} {'docs':>9} {'seconds':>8} {'docs/s':>8} "
         f"{'vs bare':>7}"
     )
     lines = [head, "-" * len(head)]
@@ -318,18 +334,26 @@ def table(results: list[Result]) -> str:
         ratio = f"{r.docs_per_s / bare[r.dimension]:.2f}x" if r.dimension in bare else "-"
         w = f"{r.workers}x{r.concurrency}" if r.side == "fleet" else "1"
         lines.append(
-            f"{r.dimension:>5} {r.side:<7} {w:>7} {r.docs:>9} {r.seconds:>8.1f} "
+            f"{r.dimension:>5} {r.side:<12} {w:>7} {r.docs:>9} {r.seconds:>8.1f} "
             f"{r.docs_per_s:>8.0f} {ratio:>7}"
         )
-    best: dict[tuple[int, str], float] = {}
+    runs: dict[tuple[int, str], list[float]] = {}
     for r in results:
-        best[(r.dimension, r.side)] = max(best.get((r.dimension, r.side), 0.0), r.docs_per_s)
+        runs.setdefault((r.dimension, r.side), []).append(r.docs_per_s)
     lines.append("")
-    lines.append("best of the runs:")
-    for (dim, side), v in sorted(best.items()):
-        ref = best.get((dim, "bare"))
-        vs = f"  {v / ref:.2f}x bare" if ref else ""
-        lines.append(f"{dim:>5} {side:<7} {v:>8.0f} docs/s{vs}")
+    lines.append("per side: best and mean of the runs; fleet against each bare side")
+    for (dim, side), values in sorted(runs.items()):
+        best, mean = max(values), sum(values) / len(values)
+        line = f"{dim:>5} {side:<12} best {best:>8.0f}  mean {mean:>8.0f} docs/s"
+        if side == "fleet":
+            for ref in ("bare", "bare-columns", "bare-np"):
+                other = runs.get((dim, ref))
+                if other:
+                    line += (
+                        f"  | vs {ref}: mean {mean / (sum(other) / len(other)):.2f}x, "
+                        f"best {best / max(other):.2f}x"
+                    )
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -340,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sides",
         default="bare,fleet",
-        help="bare, fleet (and bare-np: the bare loop with float32 rows)",
+        help="bare, fleet, bare-columns (the bare loop sending the fleet's column-built "
+        "request), bare-np (the bare loop with float32 rows)",
     )
     parser.add_argument("--batch", type=int, default=256, help="documents per batch (both)")
     parser.add_argument("--range-size", type=int, default=5000)
@@ -396,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
                 for side in order:
                     waited = wait_milvus_quiet()
                     print(f"  (Milvus quiet after {waited:.0f}s; load {loadavg()})", flush=True)
-                    if side in ("bare", "bare-np"):
+                    if side in ("bare", "bare-np", "bare-columns"):
                         r = bare_loop(
                             pg_url,
                             uri,
@@ -404,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
                             args.batch,
                             args.index_type,
                             ndarray_rows=side == "bare-np",
+                            columns=side == "bare-columns",
                         )
                     else:
                         r = fleet_run(
