@@ -8,7 +8,10 @@ milliseconds of this process (``time.process_time``; wall milliseconds beside it
 * checkpoint advance: ``checkpoint.advance`` on a held connection, on a pool connection, and
   the ORM-session form it replaced;
 * ``embed_batch`` bookkeeping (empty-text filter, text hashes, validation, retries wrapper,
-  metrics) against the bare ``embed`` + text hashes, with the ``zero-cost`` model.
+  metrics) against the bare ``embed`` + text hashes, with the ``zero-cost`` model;
+* the upsert request (client side only, nothing sent): built from the columns
+  (``backfleet/vectorstore/request.py``, what ``Generation.upsert`` sends) against pymilvus's
+  packing of one dict per row (``MilvusClient.upsert``), at 384 and 1,536 dimensions.
 
 Usage (repository root; Postgres on 127.0.0.1:5432)::
 
@@ -180,9 +183,55 @@ def main(argv: list[str] | None = None) -> int:
             lambda: embed_batch(docs, emb, NullThrottle(), None),
             n,
         )
+        print(f"upsert request for {size} rows (client side, nothing sent):")
+        request_steps(size, n)
         raw.close()
         db.dispose()
     return 0
+
+
+def request_steps(size: int, n: int) -> None:
+    for dim in (384, 1536):
+        request_step(dim, size, n)
+
+
+def request_step(dim: int, size: int, n: int) -> None:
+    import numpy as np
+    from pymilvus import DataType, MilvusClient
+    from pymilvus.client.prepare import Prepare
+
+    from backfleet.vectorstore.request import build_upsert
+
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+    schema.add_field("model", DataType.VARCHAR, max_length=256)
+    schema.add_field("text_hash", DataType.VARCHAR, max_length=64)
+    schema.add_field("embedded_at", DataType.INT64)
+    fields = [dict(f) for f in schema.to_dict()["fields"]]
+    matrix = np.random.default_rng(dim).standard_normal((size, dim)).astype(np.float32)
+    ids = list(range(size))
+    hashes = [f"{i:064x}" for i in ids]
+
+    def rows() -> Any:
+        return Prepare.row_upsert_param(
+            "gen",
+            [
+                {"id": i, "vector": v, "model": "t", "text_hash": h, "embedded_at": 1}
+                for i, v, h in zip(ids, matrix, hashes, strict=True)
+            ],
+            "",
+            fields,
+            [],
+            enable_dynamic=False,
+        )
+
+    measure(f"dim {dim}: rows, MilvusClient.upsert's packing (before)", rows, max(20, n // 10))
+    measure(
+        f"dim {dim}: columns, float32 buffer (Generation.upsert)",
+        lambda: build_upsert("gen", ids, matrix, "t", hashes, 1),
+        n,
+    )
 
 
 if __name__ == "__main__":
