@@ -12,6 +12,8 @@ the same Milvus server. What differs is everything backfleet adds:
            built column by column from the float32 matrix (``backfleet/vectorstore/request.py``)
            instead of ``MilvusClient.upsert``'s row packing. What the fleet costs beyond
            its request building.
+``fleet-serial`` (optional) the fleet with ``backfill.overlap = false``: read, embed, upsert
+           and checkpoint one after the other in the task's thread.
 ``fleet``  the product: ``plan_migration`` + ``start_migration`` with real ``backfleet worker``
            processes (Celery on Redis, prefork), each range claimed, heartbeated and advanced
            in Postgres per batch, vectors validated, model identity checked.
@@ -186,6 +188,7 @@ def fleet_run(
     rss_interval: float,
     logdir: Path,
     log_level: str = "INFO",
+    overlap: bool = True,
 ) -> Result:
     """The product: plan, start, real workers, until every range is done."""
     import redis
@@ -220,6 +223,7 @@ def fleet_run(
             heartbeat_seconds=10,
             queue=f"bfbench_{suffix}",
             index_type=index_type,
+            overlap=overlap,
         ),
     )
     engine = make_engine(pg_url)
@@ -304,7 +308,7 @@ def fleet_run(
     # the process that did the work: the one whose RSS grew most (the prefork child)
     busiest = max(summary, key=lambda p: summary[p]["peak_mib"]) if summary else None
     return Result(
-        "fleet",
+        "fleet" if overlap else "fleet-serial",
         dimension,
         report.docs,
         round(seconds, 2),
@@ -332,7 +336,7 @@ def table(results: list[Result]) -> str:
             bare[r.dimension] = max(bare.get(r.dimension, 0.0), r.docs_per_s)
     for r in results:
         ratio = f"{r.docs_per_s / bare[r.dimension]:.2f}x" if r.dimension in bare else "-"
-        w = f"{r.workers}x{r.concurrency}" if r.side == "fleet" else "1"
+        w = f"{r.workers}x{r.concurrency}" if r.side.startswith("fleet") else "1"
         lines.append(
             f"{r.dimension:>5} {r.side:<12} {w:>7} {r.docs:>9} {r.seconds:>8.1f} "
             f"{r.docs_per_s:>8.0f} {ratio:>7}"
@@ -345,7 +349,7 @@ def table(results: list[Result]) -> str:
     for (dim, side), values in sorted(runs.items()):
         best, mean = max(values), sum(values) / len(values)
         line = f"{dim:>5} {side:<12} best {best:>8.0f}  mean {mean:>8.0f} docs/s"
-        if side == "fleet":
+        if side.startswith("fleet"):
             for ref in ("bare", "bare-columns", "bare-np"):
                 other = runs.get((dim, ref))
                 if other:
@@ -364,8 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sides",
         default="bare,fleet",
-        help="bare, fleet, bare-columns (the bare loop sending the fleet's column-built "
-        "request), bare-np (the bare loop with float32 rows)",
+        help="bare, fleet, fleet-serial (backfill.overlap off), bare-columns (the bare loop "
+        "sending the fleet's column-built request), bare-np (the bare loop with float32 rows)",
     )
     parser.add_argument("--batch", type=int, default=256, help="documents per batch (both)")
     parser.add_argument("--range-size", type=int, default=5000)
@@ -445,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
                             rss_interval=args.rss_interval,
                             logdir=logdir,
                             log_level=args.log_level,
+                            overlap=side != "fleet-serial",
                         )
                     results.append(r)
                     print(
@@ -452,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"{r.docs_per_s:.0f} docs/s (load {r.loadavg})",
                         flush=True,
                     )
-                    if r.side == "fleet":
+                    if r.side.startswith("fleet"):
                         print(
                             f"    first claim {r.first_claim_s:.1f}s after start; "
                             f"{r.in_ranges_s:.1f} s inside ranges (summed)",
