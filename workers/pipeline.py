@@ -381,8 +381,10 @@ class RangePipeline:
                 batches = source.iter_batches(claim.lo, claim.hi, claim.cursor, cfg.batch_size)
                 if cfg.overlap:
                     batches = stack.enter_context(ReadAhead(batches, name="source-read-ahead"))
-                # the range's advances share one connection: no checkout and ping per batch
-                pinned = stack.enter_context(ctx.db.connection())
+                # the range's advances share one connection: no checkout and ping per batch;
+                # their commits do not wait for the disk (a lost one only moves the cursor
+                # back: the batches after it are upserted again); claim and complete do
+                pinned = stack.enter_context(ctx.db.connection(async_commit=True))
                 writer = stack.enter_context(BatchWriter(background=cfg.overlap))
                 for docs in batches:
                     beat.check()

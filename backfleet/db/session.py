@@ -62,6 +62,17 @@ def _first_line(exc: DBAPIError) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _reset_commit_mode(conn: Connection) -> None:
+    """Back to synchronous commits before the pool hands the connection to anyone else; a
+    connection that cannot be reset is discarded instead."""
+    try:
+        conn.rollback()
+        conn.exec_driver_sql("RESET synchronous_commit")
+        conn.commit()
+    except Exception:
+        conn.invalidate()
+
+
 class Database:
     """The checkpoint database: an engine and a session factory."""
 
@@ -103,12 +114,29 @@ class Database:
             raise DatabaseUnavailable(f"checkpoint database error: {_first_line(exc)}") from exc
 
     @contextmanager
-    def connection(self) -> Iterator[Connection]:
+    def connection(self, *, async_commit: bool = False) -> Iterator[Connection]:
         """A connection held by the caller for many short transactions (``transaction(conn)``):
-        checked out and pinged once. Driver errors converted like ``session``."""
+        checked out and pinged once. Driver errors converted like ``session``.
+
+        ``async_commit`` (PostgreSQL; ignored elsewhere): its commits return without waiting
+        for the WAL to reach disk (``synchronous_commit = off`` for this connection only, reset
+        before it goes back to the pool). A Postgres crash can then lose the last few hundred
+        milliseconds of its commits, never reorder or half-apply them, and any later
+        synchronous commit (from any connection) makes them durable first. For the per-batch
+        cursor advances only: a lost advance moves a cursor back, and the batches after it are
+        upserted again (docs/operations.md).
+        """
+        relaxed = async_commit and self.engine.dialect.name == "postgresql"
         try:
             with self.engine.connect() as conn:
-                yield conn
+                if relaxed:
+                    conn.exec_driver_sql("SET synchronous_commit TO off")
+                    conn.commit()
+                try:
+                    yield conn
+                finally:
+                    if relaxed:
+                        _reset_commit_mode(conn)
         except OperationalError as exc:
             raise DatabaseUnavailable(f"checkpoint database error: {_first_line(exc)}") from exc
 

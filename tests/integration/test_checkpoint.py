@@ -11,6 +11,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import select, update
+from sqlalchemy.exc import DatabaseError
 
 from backfleet.db import checkpoint
 from backfleet.db.models import Base, Event, Migration, MigrationState, Range, RangeState
@@ -198,3 +199,42 @@ def test_heartbeat_extends_lease(db: Database) -> None:
     assert checkpoint.heartbeat(db, claim, 2)
     time.sleep(1.2)
     assert checkpoint.claim(db, rid, "other", 2) is None
+
+
+def test_advances_on_an_async_commit_connection_are_fenced_and_the_mode_does_not_leak() -> None:
+    """The range's held connection commits its advances without waiting for the disk; the
+    fencing is the same, and the pool never hands that mode to anyone else (claims, completes)."""
+    with postgres_database() as url:
+        db = Database(url, pool_size=1)  # one pooled connection: the same one comes back
+        upgrade(db.engine)
+        mid = make_migration(db, 1)
+        rid = range_ids(db, mid)[0]
+        claim = checkpoint.claim(db, rid, "w1", 30)
+        assert claim is not None
+        with db.connection(async_commit=True) as conn:
+            pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+            assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
+            conn.rollback()
+            checkpoint.advance(db, claim, "7", docs=7, tokens=70, lease_seconds=30, conn=conn)
+            other = Database(url)  # another process: sees the advance at once
+            with other.session() as s:
+                r = s.get(Range, rid)
+                assert r is not None and r.cursor == "7"
+                s.execute(update(Range).where(Range.id == rid).values(lease_token="stolen"))
+            other.dispose()
+            with pytest.raises(LeaseLost):
+                checkpoint.advance(db, claim, "9", docs=2, tokens=20, lease_seconds=30, conn=conn)
+        with db.engine.connect() as again:
+            assert again.exec_driver_sql("SELECT pg_backend_pid()").scalar() == pid
+            assert again.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
+        with (
+            pytest.raises(DatabaseError),
+            db.connection(async_commit=True) as conn,  # a failure inside still resets it
+        ):
+            conn.exec_driver_sql("SELECT 1/0")
+        with db.engine.connect() as again:
+            assert again.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
+        with db.session() as s:
+            r = s.get(Range, rid)
+            assert r is not None and (r.cursor, r.docs_done) == ("7", 7)
+        db.dispose()
