@@ -3,8 +3,14 @@
 During the run: SIGKILL a random worker every few seconds (replaced at once), restart Redis,
 kill every Postgres connection, stop the Milvus server for about 10 s, and make the provider
 answer bursts of 429 and 500. Afterwards, with documented commands only (`backfleet
-supervise`, `backfleet retry-failed`, `backfleet status`), every source id is in the
-generation exactly once with the right model tag and text hash, and per-range counts match.
+supervise`, `backfleet retry-failed`, `backfleet status`, `backfleet reconcile`), every source
+id is in the generation exactly once with the right model tag and text hash, per-range counts
+match, and `backfleet reconcile` is clean.
+
+milvus-server 2.3 sometimes loses rows it had acknowledged when it is killed (not yet flushed
+to storage). Such rows may only be missing from ranges that were being written before the
+outage; then the runbook's answer to a Milvus crash (`backfleet reconcile --repair`, with
+workers running) must restore them, and the proof is made again.
 Run alone with `pytest -m chaos` (or `make chaos`).
 """
 
@@ -148,6 +154,7 @@ def test_chaos_backfill_loses_nothing(
             return bool(st.ranges["done"] == report.ranges)
 
         t0 = time.monotonic()
+        milvus_down_at = 0.0
         kills = 0
         schedule = {12: "429", 22: "500", 30: "redis", 40: "postgres", 50: "milvus"}
         try:
@@ -174,6 +181,7 @@ def test_chaos_backfill_loses_nothing(
                             n = kill_postgres_backends(dbname)
                             kind = f"postgres ({n} connections killed)"
                         elif kind == "milvus":
+                            milvus_down_at = time.time()
                             milvus_server.outage(10)
                         faults.append(f"t={now:5.1f}s {kind}")
                 if now > 480:
@@ -205,44 +213,92 @@ def test_chaos_backfill_loses_nothing(
         store = VectorStore(milvus_uri)
         gen = store.open_generation(report.target_generation)
         texts = {d.id: d.text for b in source.iter_batches(None, None, None, 5000) for d in b}
-        seen: dict[Any, int] = {}
-        bad_tag = bad_hash = 0
-        for rows in gen.scan(None, None, fields=("id", "model", "text_hash")):
-            for r in rows:
-                seen[r["id"]] = seen.get(r["id"], 0) + 1
-                bad_tag += r["model"] != emb.identity.tag
-                bad_hash += r["text_hash"] != text_hash(texts.get(r["id"]) or "")
-        duplicates = sum(1 for c in seen.values() if c > 1)
-        missing = len(set(texts) - set(seen))
-        extra = len(set(seen) - set(texts))
         with db.session() as s:
             ranges = list(s.execute(select(Range).where(Range.migration_id == mid)).scalars())
-        range_mismatch = [
-            (
-                r.id,
-                source.count(r.lo, r.hi),
-                gen.count(int(r.lo) if r.lo else None, int(r.hi) if r.hi else None),
+
+        def proof() -> tuple[dict[str, Any], set[Any]]:
+            seen: dict[Any, int] = {}
+            bad_tag = bad_hash = 0
+            for rows in gen.scan(None, None, fields=("id", "model", "text_hash")):
+                for r in rows:
+                    seen[r["id"]] = seen.get(r["id"], 0) + 1
+                    bad_tag += r["model"] != emb.identity.tag
+                    bad_hash += r["text_hash"] != text_hash(texts.get(r["id"]) or "")
+            missing = set(texts) - set(seen)
+            range_mismatch = []
+            for r in ranges:
+                lo, hi = (int(r.lo) if r.lo else None), (int(r.hi) if r.hi else None)
+                want, got = source.count(r.lo, r.hi), gen.count(lo, hi)
+                if want != got:
+                    range_mismatch.append((r.id, want, got))
+            return {
+                "source_docs": len(texts),
+                "generation_rows": gen.count(),
+                "distinct_ids": len(seen),
+                "duplicates": sum(1 for c in seen.values() if c > 1),
+                "missing": len(missing),
+                "extra": len(set(seen) - set(texts)),
+                "bad_model_tag": bad_tag,
+                "bad_text_hash": bad_hash,
+                "ranges": len(ranges),
+                "range_count_mismatches": range_mismatch,
+            }, missing
+
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [str(BIN), *args],
+                env={**os.environ, **env},
+                capture_output=True,
+                text=True,
+                timeout=300,
             )
-            for r in ranges
-            if source.count(r.lo, r.hi)
-            != gen.count(int(r.lo) if r.lo else None, int(r.hi) if r.hi else None)
-        ]
-        final = {
-            "source_docs": len(texts),
-            "generation_rows": gen.count(),
-            "distinct_ids": len(seen),
-            "duplicates": duplicates,
-            "missing": missing,
-            "extra": extra,
-            "bad_model_tag": bad_tag,
-            "bad_text_hash": bad_hash,
-            "ranges": len(ranges),
-            "range_count_mismatches": range_mismatch,
-            "provider": {k: v for k, v in provider.stats().items() if isinstance(v, int | float)},
-            "seconds": round(time.monotonic() - t0, 1),
+
+        final, missing = proof()
+        final["provider"] = {
+            k: v for k, v in provider.stats().items() if isinstance(v, int | float)
         }
+        final["seconds"] = round(time.monotonic() - t0, 1)
         print("\nfaults injected:\n  " + "\n  ".join(faults))
         print("final counts: " + json.dumps(final, indent=1, default=str))
-        assert (duplicates, missing, extra, bad_tag, bad_hash) == (0, 0, 0, 0, 0), final
-        assert final["generation_rows"] == DOCS and not range_mismatch, final
+        wrong = ("duplicates", "extra", "bad_model_tag", "bad_text_hash")
+        assert [final[k] for k in wrong] == [0, 0, 0, 0], final
+        if missing:
+            # milvus-server 2.3 can lose writes it acknowledged before it was killed (unflushed
+            # growing segments; milvus-io/milvus#38284): only ranges written before the
+            # outage may be short. Anything missing from a range begun after it is ours.
+            assert milvus_down_at, final
+            began_after = [
+                r.id
+                for r in ranges
+                if r.started_at is not None
+                and r.started_at.timestamp() > milvus_down_at
+                and any(
+                    (r.lo is None or i >= int(r.lo)) and (r.hi is None or i < int(r.hi))
+                    for i in missing
+                )
+            ]
+            assert not began_after, (began_after, final)
+            # what an operator does after a Milvus crash (docs/runbook.md): reconcile, repair
+            out = cli("reconcile", "--sample", "0")
+            assert out.returncode != 0 and "NOT CLEAN" in out.stdout, out.stdout + out.stderr
+            repairers = WorkerFleet(env, tmp_path)
+            repairers.start(2, concurrency=1)
+            try:
+                out = cli("reconcile", "--sample", "0", "--repair")
+                print("reconcile --repair:\n" + out.stdout)
+                wait_for(lambda: not proof()[1], 180, "the repair", on_timeout=repairers.logs)
+            finally:
+                repairers.stop()
+            final, missing = proof()
+            print(f"after reconcile --repair: {json.dumps(final, default=str)}")
+        out = cli("reconcile", "--sample", "16")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert (
+            final["duplicates"],
+            final["missing"],
+            final["extra"],
+            final["bad_model_tag"],
+            final["bad_text_hash"],
+        ) == (0, 0, 0, 0, 0), final
+        assert final["generation_rows"] == DOCS and not final["range_count_mismatches"], final
         db.dispose()
