@@ -5,8 +5,10 @@ milliseconds of this process (``time.process_time``; wall milliseconds beside it
 
 * keyset read: ``Source.iter_batches`` (one held connection, precompiled statement) against
   ``Source.batch`` per batch (build, compile, check out) and raw psycopg (the bare loop's read);
-* checkpoint advance: ``checkpoint.advance`` on a held connection, on a pool connection, and
-  the ORM-session form it replaced;
+* checkpoint advance: ``checkpoint.advance`` on the range's held connection with asynchronous
+  commit (the worker's), on a held connection with synchronous commit, on a pool connection,
+  and the ORM-session form it replaced (Postgres alone here: the fsync a commit waits for
+  costs more when Milvus writes to the same disk, see docs/benchmarks.md §4);
 * ``embed_batch`` bookkeeping (empty-text filter, text hashes, validation, retries wrapper,
   metrics) against the bare ``embed`` + text hashes, with the ``zero-cost`` model;
 * the upsert request (client side only, nothing sent): built from the columns
@@ -132,9 +134,15 @@ def main(argv: list[str] | None = None) -> int:
             range_id = r.id
         claim = checkpoint.claim(db, range_id, "bench", 600)
         assert claim is not None
+        with db.connection(async_commit=True) as pinned:
+            measure(
+                "advance on the range's held connection, async commit",
+                lambda: checkpoint.advance(db, claim, "5", 1, 1, 600, conn=pinned),
+                n,
+            )
         with db.engine.connect() as pinned:
             measure(
-                "advance on the range's held connection",
+                "advance on a held connection, synchronous commit",
                 lambda: checkpoint.advance(db, claim, "5", 1, 1, 600, conn=pinned),
                 n,
             )
