@@ -205,18 +205,12 @@ def request_steps(size: int, n: int) -> None:
 
 def request_step(dim: int, size: int, n: int) -> None:
     import numpy as np
-    from pymilvus import DataType, MilvusClient
     from pymilvus.client.prepare import Prepare
 
     from backfleet.vectorstore.request import build_upsert
+    from backfleet.vectorstore.store import generation_schema
 
-    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-    schema.add_field("id", DataType.INT64, is_primary=True)
-    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
-    schema.add_field("model", DataType.VARCHAR, max_length=256)
-    schema.add_field("text_hash", DataType.VARCHAR, max_length=64)
-    schema.add_field("embedded_at", DataType.INT64)
-    fields = [dict(f) for f in schema.to_dict()["fields"]]
+    fields = [dict(f) for f in generation_schema("int", dim).to_dict()["fields"]]
     matrix = np.random.default_rng(dim).standard_normal((size, dim)).astype(np.float32)
     ids = list(range(size))
     hashes = [f"{i:064x}" for i in ids]

@@ -130,28 +130,25 @@ def bare_loop(
             vectors = embedder.embed([r[1] for r in rows]).vectors
             now_ms = int(time.time() * 1000)
             if columns:
-                ids = [r[0] for r in rows]
                 hashes = [text_hash(r[1]) for r in rows]
-                request = build_upsert(name, ids, vectors, tag, hashes, now_ms)
+                request = build_upsert(name, [r[0] for r in rows], vectors, tag, hashes, now_ms)
                 sender.send(request, 60.0)
-                docs += len(rows)
-                last = rows[-1][0]
-                continue
-            client.upsert(
-                name,
-                [
-                    {
-                        "id": r[0],
-                        "vector": v,
-                        "model": tag,
-                        "text_hash": text_hash(r[1]),
-                        "embedded_at": now_ms,
-                    }
-                    for r, v in zip(
-                        rows, vectors if ndarray_rows else vectors.tolist(), strict=True
-                    )
-                ],
-            )
+            else:
+                client.upsert(
+                    name,
+                    [
+                        {
+                            "id": r[0],
+                            "vector": v,
+                            "model": tag,
+                            "text_hash": text_hash(r[1]),
+                            "embedded_at": now_ms,
+                        }
+                        for r, v in zip(
+                            rows, vectors if ndarray_rows else vectors.tolist(), strict=True
+                        )
+                    ],
+                )
             docs += len(rows)
             last = rows[-1][0]
     seconds = time.monotonic() - started

@@ -31,6 +31,25 @@ def _quiet_pymilvus() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
+def generation_schema(id_type: str, dimension: int, description: str = "") -> Any:
+    """The fields every generation has (``id``, ``vector``, ``model``, ``text_hash``,
+    ``embedded_at``), as a pymilvus ``CollectionSchema``."""
+    from pymilvus import DataType, MilvusClient
+
+    schema = MilvusClient.create_schema(
+        auto_id=False, enable_dynamic_field=False, description=description
+    )
+    if id_type == "int":
+        schema.add_field("id", DataType.INT64, is_primary=True)
+    else:
+        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=STR_ID_MAX)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dimension)
+    schema.add_field("model", DataType.VARCHAR, max_length=256)
+    schema.add_field("text_hash", DataType.VARCHAR, max_length=64)
+    schema.add_field("embedded_at", DataType.INT64)
+    return schema
+
+
 class VectorStore:
     """One Milvus (server URI or Milvus Lite path)."""
 
@@ -76,8 +95,6 @@ class VectorStore:
         index_type: str = "HNSW",
     ) -> Generation:
         """Create the collection, or open it if it exists with the same model (idempotent)."""
-        from pymilvus import DataType
-
         if self.has(name):
             gen = self.open_generation(name)
             gen.require_model(identity)
@@ -90,17 +107,7 @@ class VectorStore:
         }
         # the identity goes into the description too: it is written with the collection
         # itself, and milvus-server 2.3 can lose altered properties across a restart
-        schema = self.client.create_schema(
-            auto_id=False, enable_dynamic_field=False, description=json.dumps(marks)
-        )
-        if id_type == "int":
-            schema.add_field("id", DataType.INT64, is_primary=True)
-        else:
-            schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=STR_ID_MAX)
-        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=identity.dimension)
-        schema.add_field("model", DataType.VARCHAR, max_length=256)
-        schema.add_field("text_hash", DataType.VARCHAR, max_length=64)
-        schema.add_field("embedded_at", DataType.INT64)
+        schema = generation_schema(id_type, identity.dimension, json.dumps(marks))
         index = self.client.prepare_index_params()
         params: dict[str, Any] = {"M": 16, "efConstruction": 128} if index_type == "HNSW" else {}
         if index_type == "IVF_FLAT":

@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from pymilvus import DataType, MilvusClient
 from pymilvus.client.prepare import Prepare
 from pymilvus.exceptions import ParamError
 from pymilvus.grpc_gen import schema_pb2
@@ -20,20 +19,12 @@ from backfleet.vectorstore.request import (
     build_upsert,
     column_sender,
 )
+from backfleet.vectorstore.store import generation_schema
 
 
 def fields_info(id_type: str, dim: int) -> list[dict[str, Any]]:
     """The fields as Milvus describes a generation (the schema store.py creates)."""
-    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-    if id_type == "int":
-        schema.add_field("id", DataType.INT64, is_primary=True)
-    else:
-        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=512)
-    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
-    schema.add_field("model", DataType.VARCHAR, max_length=256)
-    schema.add_field("text_hash", DataType.VARCHAR, max_length=64)
-    schema.add_field("embedded_at", DataType.INT64)
-    return [dict(f) for f in schema.to_dict()["fields"]]
+    return [dict(f) for f in generation_schema(id_type, dim).to_dict()["fields"]]
 
 
 def rows_request(
