@@ -57,6 +57,10 @@ class VectorStore:
         from pymilvus import MilvusClient
 
         _quiet_pymilvus()
+        if "://" not in uri:
+            # a Milvus Lite path: its gRPC server runs in this process and logs a traceback for
+            # each RPC it does not implement (AllocTimestamp), which pymilvus then works around
+            logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
         self.uri = uri
         with milvus_errors(f"connect to {redact_url(uri)}"):
             self.client: Any = MilvusClient(uri=uri, token=token or "", timeout=TIMEOUT)
