@@ -18,8 +18,9 @@ COPY migrations ./migrations
 RUN pip install . \
     && rm -rf /src
 
-# Run as an unprivileged user. An optional backfleet.toml is mounted at
-# /etc/backfleet/backfleet.toml (BACKFLEET_CONFIG); everything else comes from BACKFLEET_* env.
+# Run as an unprivileged user. docker-compose.yml mounts the host's ./backfleet.toml at
+# /etc/backfleet/backfleet.toml (BACKFLEET_CONFIG; a missing file is an error, exit 2) and
+# sets the connection URLs through BACKFLEET_* env, which win over the file.
 RUN groupadd --system --gid 10001 backfleet \
     && useradd --system --uid 10001 --gid backfleet --create-home --home-dir /home/backfleet backfleet \
     && mkdir -p /etc/backfleet

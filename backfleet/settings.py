@@ -290,8 +290,14 @@ EXAMPLE_TOML = """\
 # BACKFLEET_<NAME>, with __ between nested names (BACKFLEET_SOURCE__TABLE=docs).
 # Secrets (API keys, the Milvus token) never go in this file: name a variable or a file.
 
+# The URLs below are this clone's docker-compose.yml services as published on this host
+# (database `backfleet`, password `postgres`: for local use only; with another
+# POSTGRES_PASSWORD keep it out of this file and set BACKFLEET_DATABASE_URL and
+# BACKFLEET_SOURCE__URL in the host's environment). The compose containers read this same
+# file (./backfleet.toml, mounted read-only) and get their own URLs (postgres:5432,
+# redis:6379, milvus:19530) from docker-compose.yml; the environment wins over this file.
 # Checkpoint database (Postgres in production; the demo uses SQLite).
-database_url = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+database_url = "postgresql+psycopg://postgres:postgres@127.0.0.1:5432/backfleet"
 # Celery broker and the fleet-wide rate limiter.
 broker_url = "redis://127.0.0.1:6379/0"
 redis_url = "redis://127.0.0.1:6379/0"
@@ -304,7 +310,9 @@ target_model = "local-v2"
 
 [source]
 # The corpus: any SQLAlchemy URL; the table needs an id (integer or text) and a text column.
-url = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+# Here: the compose Postgres. The containers read the corpus at SOURCE_URL (default: this
+# same database as they see it); a corpus elsewhere needs both this url and SOURCE_URL.
+url = "postgresql+psycopg://postgres:postgres@127.0.0.1:5432/backfleet"
 table = "documents"
 id_column = "id"
 text_column = "text"

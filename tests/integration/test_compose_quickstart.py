@@ -333,7 +333,7 @@ def test_readme_quickstart_finishes_a_migration(
             assert not data["ranges"].get("failed"), logs()
             return bool(data["ranges"].get("done") == report["ranges"])
 
-        wait_for(done, 240, "the quickstart's migration to finish", interval=2, on_timeout=logs)
+        wait_for(done, 180, "the quickstart's migration to finish", interval=2, on_timeout=logs)
 
         reconcile = _host(["reconcile", "--json"], operator)
         assert reconcile.returncode == 0, reconcile.stdout + reconcile.stderr
