@@ -263,6 +263,12 @@ def load_settings(
         path = Path("backfleet.toml")
     if path is not None and not path.exists():
         raise ConfigError(f"config file {path} does not exist", hint="run `backfleet init`")
+    if path is not None and not path.is_file():
+        # e.g. what Docker creates in place of a missing bind-mounted file: never read as empty
+        raise ConfigError(
+            f"config file {path} is a directory, not a file",
+            hint="remove it and run `backfleet init`, or point BACKFLEET_CONFIG at the file",
+        )
     _LOADING["path"] = path
     _LOADING["environ"] = env
     try:

@@ -204,6 +204,7 @@ def worker(
     if pool not in ("prefork", "threads", "solo"):
         raise ConfigError(f"unknown pool {pool!r}", hint="--pool prefork|threads|solo")
     s = settings()
+    s.model()  # a config without its target model refuses to start, not each task
     capp = celery_app(s)
     check_broker(capp, s)
     # a thread pool runs `concurrency` ranges in one process: size its connection pools

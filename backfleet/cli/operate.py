@@ -35,6 +35,7 @@ def supervise(
     from coordinator.reaper import supervise as run_supervise
 
     s = settings()
+    s.model()  # the deployment's config must define its target model: refuse at start
     db = open_db(s)
     capp = celery_app(s)
     check_broker(capp, s)

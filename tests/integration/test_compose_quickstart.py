@@ -358,3 +358,69 @@ def _drop_collections(milvus_uri: str, alias: str) -> None:
                 client.drop_collection(name)
     finally:
         client.close()
+
+
+def _refusal(container: Container) -> str:
+    """The container's command exits 2 at once with one `error:` line (what `docker logs` shows)."""
+    proc = subprocess.Popen(
+        [str(BIN), *container.command],
+        cwd=container.workdir,
+        env=container.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        container.proc = proc
+        container.stop()
+        raise AssertionError(f"{container.name} did not refuse to start") from None
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == 2, (out, err)
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def test_containers_refuse_to_start_without_a_config_that_serves_the_target(
+    tmp_path: Path,
+) -> None:
+    """No backfleet.toml, a directory in its place, or no model for target_model: exit 2."""
+    redis_db_url(REDIS_DB)
+    operator = tmp_path / "clone"
+    operator.mkdir()
+    shutil.copy(ROOT / "docker-compose.yml", operator / "docker-compose.yml")
+    services = _compose_config(operator, _base_env())["services"]
+    # nothing is connected to: each container must refuse before it reaches a service
+    machine = Machine(
+        services, "postgresql+psycopg://postgres@127.0.0.1:5432/bfnone", "http://127.0.0.1:1"
+    )
+    toml_path = operator / "backfleet.toml"
+    for name in BACKFLEET_SERVICES:
+        volumes = services[name]["volumes"]
+        # the long syntax: Docker refuses a missing source instead of creating a directory
+        assert volumes == [
+            {
+                "type": "bind",
+                "source": str(toml_path),
+                "target": "/etc/backfleet/backfleet.toml",
+                "read_only": True,
+            }
+        ], volumes
+
+    worker = Container("worker", services["worker"], machine, tmp_path / "missing")
+    line = _refusal(worker)
+    assert "config file" in line and "does not exist" in line and "backfleet init" in line
+
+    toml_path.mkdir()  # what Docker makes of a missing file mounted with the short syntax
+    line = _refusal(Container("worker", services["worker"], machine, tmp_path / "dir"))
+    assert "is a directory" in line and "backfleet init" in line, line
+    toml_path.rmdir()
+
+    assert _host(["init"], operator).returncode == 0
+    text = toml_path.read_text()
+    toml_path.write_text(_edit(text, 'target_model = "local-v2"', 'target_model = "openai-large"'))
+    for name in ("worker", "coordinator"):
+        line = _refusal(Container(name, services[name], machine, tmp_path / "nomodel"))
+        assert "unknown model label 'openai-large'" in line, line

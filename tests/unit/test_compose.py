@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
-from backfleet.settings import Settings, SourceSettings
+from backfleet.settings import EXAMPLE_TOML, Settings, SourceSettings, load_settings
 
 try:
     import yaml
@@ -140,6 +142,62 @@ def test_backfleet_environment_names_real_settings(
             assert path[0] in Settings.model_fields, key
             if len(path) > 1:
                 assert path[1] in nested[path[0]], key
+
+
+_DEFAULT_RE = re.compile(r"\$\{[A-Z_]+:-([^}]*)\}")
+
+
+def _defaults(value: str) -> str:
+    """A value as compose resolves it with none of its variables set."""
+    return _DEFAULT_RE.sub(lambda m: m.group(1), value)
+
+
+@needs_yaml
+def test_backfleet_services_mount_the_host_cli_config(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """./backfleet.toml by default, long syntax: a missing file is an error, not a directory."""
+    for name in BACKFLEET_SERVICES:
+        service = services[name]
+        assert service["volumes"] == [
+            {
+                "type": "bind",
+                "source": "${BACKFLEET_TOML:-./backfleet.toml}",
+                "target": "/etc/backfleet/backfleet.toml",
+                "read_only": True,
+            }
+        ], name
+        assert service["environment"]["BACKFLEET_CONFIG"] == "/etc/backfleet/backfleet.toml"
+
+
+@needs_yaml
+def test_init_template_reaches_the_compose_services_from_the_host(
+    tmp_path: Path, services: dict[str, dict[str, Any]]
+) -> None:
+    """`backfleet init` writes the URLs of the compose services as published on the host."""
+    toml = tmp_path / "backfleet.toml"
+    toml.write_text(EXAMPLE_TOML)
+    host = load_settings(toml, environ={})
+    pg = services["postgres"]["environment"]
+    published = {
+        name: _defaults(str(services[name]["ports"][0])).rsplit(":", 1)[0]
+        for name in ("postgres", "redis", "milvus")
+    }
+    for url in (host.database_url, host.source.url):
+        parts = urlsplit(url)
+        assert f"{parts.hostname}:{parts.port}" == published["postgres"], url
+        assert parts.path == "/" + pg["POSTGRES_DB"], url
+        assert parts.username == pg["POSTGRES_USER"], url
+        assert parts.password == _defaults(pg["POSTGRES_PASSWORD"]), url
+    for url in (host.broker_url, host.redis_url):
+        assert urlsplit(url).netloc == published["redis"], url
+    assert urlsplit(host.milvus_uri).netloc == published["milvus"]
+    # the containers' own URLs name the same database (by service name), password included
+    env = services["worker"]["environment"]
+    for key in ("BACKFLEET_DATABASE_URL", "BACKFLEET_SOURCE__URL"):
+        parts = urlsplit(_defaults(env[key]))
+        assert (parts.hostname, parts.port, parts.path) == ("postgres", 5432, "/backfleet"), key
+        assert parts.password == _defaults(pg["POSTGRES_PASSWORD"]), key
 
 
 def _compose_commands() -> list[list[str]]:
