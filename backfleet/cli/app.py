@@ -253,12 +253,19 @@ def _warm_on_start(capp: Any, pool: str) -> None:
 @app.command()
 def demo(
     docs: int = typer.Option(3000, min=100, max=200_000, help="documents to generate"),
-    workdir: Path | None = typer.Option(None, "--dir", help="keep the demo's files here"),
+    workdir: Path | None = typer.Option(
+        None,
+        "--dir",
+        help="keep the demo's files here (a later run removes only its own previous files)",
+    ),
+    keep: bool = typer.Option(
+        False, "--keep", help="keep the temporary directory (default: removed at the end)"
+    ),
 ) -> None:
     """Run a whole small migration with no servers (SQLite, Milvus Lite, Celery in-process)."""
     from backfleet.cli.demo import run_demo
 
-    run_demo(console, docs=docs, workdir=workdir)
+    run_demo(console, docs=docs, workdir=workdir, keep=keep)
 
 
 # every other command module registers itself on ``app`` when imported
