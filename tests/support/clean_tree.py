@@ -108,7 +108,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     write = print
     if reporter is not None:
-        reporter.ensure_newline()
+        reporter.write("\n")
         write = reporter.write_line
     write(f"FAILED: the test run changed the checkout {root} (tests write under tmp_path):")
     for line in changed:
