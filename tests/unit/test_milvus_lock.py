@@ -32,7 +32,7 @@ def test_waiting_session_names_the_holder_and_its_wait(
     path = tmp_path / "milvus-server.lock"
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(path), "--session=holder-of-the-lock"],
-        cwd=ROOT,
+        cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.PIPE,
         text=True,
