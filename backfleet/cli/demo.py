@@ -200,11 +200,7 @@ def _run(console: Console, docs: int, work: Path, removed: bool) -> None:
     settings = demo_settings(work, docs)
     configure_logging(settings.log_format, settings.log_level)
     console.rule("[bold]backfleet demo: migrate an alias from model v1 to v2, no servers")
-    where = (
-        "a temporary directory, removed at the end (--keep keeps it)"
-        if removed
-        else "kept at the end"
-    )
+    where = "temporary, removed at the end; --keep keeps it" if removed else "kept at the end"
     console.print(f"work dir {work} ({where})", soft_wrap=True)
     console.print("SQLite source + checkpoints, Milvus Lite, Celery in-process")
 
