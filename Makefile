@@ -1,10 +1,13 @@
 # Two commands do all set-up on a fresh machine:
-#   make demo   — install into .venv and run a whole migration with no servers
-#   make test   — install dev extras, make sure Postgres and Redis run, run the whole suite
-PYTHON ?= python3
-VENV   := .venv
-BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+#   make demo   — install the package (runtime dependencies only) into .venv and run a whole
+#                 migration with no servers
+#   make test   — install the dev extras too, make sure Postgres and Redis run and Chromium and
+#                 docker-compose are there (apt-get as root when missing), run the whole suite
+PYTHON    ?= python3
+VENV      := .venv
+BIN       := $(VENV)/bin
+STAMP     := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 
 .PHONY: demo test unit integration chaos lint typecheck install clean
 
@@ -12,37 +15,43 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+# the runtime package: all the demo needs
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e .
 	touch $(STAMP)
 
-install: $(STAMP)
+# the dev extras (pytest, mypy, ruff, the milvus-server engine, ...): tests and checks
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP) $(DEV_STAMP)
+
+install: $(DEV_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/backfleet demo
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	scripts/ensure-services.sh
 	scripts/ensure-test-tools.sh
 	$(BIN)/pytest -q -p no:cacheprovider tests
 
-unit: $(STAMP)
+unit: $(DEV_STAMP)
 	$(BIN)/pytest -q tests/unit
 
-integration: $(STAMP)
+integration: $(DEV_STAMP)
 	scripts/ensure-services.sh
 	scripts/ensure-test-tools.sh
 	$(BIN)/pytest -q tests/integration tests/acceptance
 
-chaos: $(STAMP)
+chaos: $(DEV_STAMP)
 	scripts/ensure-services.sh
 	$(BIN)/pytest -q tests/chaos
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck: $(STAMP)
+typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
 
 clean:

@@ -8,10 +8,13 @@ points it at one already running instead.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 
 import pytest
 
+# the run must leave the checkout as it found it: checked when the session ends
+from tests.support.clean_tree import pytest_sessionfinish, pytest_sessionstart  # noqa: F401
 from tests.support.services import MilvusServer
 
 
@@ -20,12 +23,29 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("chaos") is not None)
 
 
+def _to_terminal(config: pytest.Config) -> Callable[[str], None]:
+    """Write past pytest's output capture: a waiting session must say why it waits."""
+    capman = config.pluginmanager.get_plugin("capturemanager")
+
+    def notify(message: str) -> None:
+        if capman is None:
+            sys.stderr.write(message + "\n")
+            return
+        with capman.global_and_fixture_disabled():
+            sys.stderr.write(message + "\n")
+            sys.stderr.flush()
+
+    return notify
+
+
 @pytest.fixture(scope="session")
-def milvus_server() -> Iterator[MilvusServer | None]:
+def milvus_server(pytestconfig: pytest.Config) -> Iterator[MilvusServer | None]:
     if os.environ.get("BACKFLEET_TEST_MILVUS_URI"):
         yield None
         return
-    server = MilvusServer(os.environ.get("BACKFLEET_TEST_MILVUS", "server"))
+    server = MilvusServer(
+        os.environ.get("BACKFLEET_TEST_MILVUS", "server"), notify=_to_terminal(pytestconfig)
+    )
     server.start()
     try:
         yield server

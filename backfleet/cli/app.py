@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,9 @@ app.add_typer(db_app, name="db")
 console = Console()
 err_console = Console(stderr=True)
 
-_STATE: dict[str, Any] = {"config": None, "settings": None}
+_STATE: dict[str, Any] = {"config": None, "settings": None, "verbose": False, "daemon": False}
+#: long-running services: they log at their configured level (``log_level``), not quietly
+DAEMONS = frozenset({"worker", "supervise", "fake-provider"})
 
 
 def actor() -> str:
@@ -45,23 +48,43 @@ def settings() -> Settings:
     loaded = _STATE["settings"]
     if loaded is None:
         loaded = load_settings(_STATE["config"])
-        configure_logging(loaded.log_format, loaded.log_level)
+        configure_logging(loaded.log_format, console_log_level(loaded.log_level))
         _STATE["settings"] = loaded
     assert isinstance(loaded, Settings)
     return loaded
 
 
+def console_log_level(configured: str) -> str:
+    """A command prints only its output: its events show from WARNING up, unless
+    ``--verbose`` (then from INFO, or the configured level if lower); daemons log at
+    the configured level."""
+    if _STATE["daemon"]:
+        return configured
+    lvl = logging.getLevelName(configured.upper())
+    lvl = lvl if isinstance(lvl, int) else logging.INFO
+    lvl = min(lvl, logging.INFO) if _STATE["verbose"] else max(lvl, logging.WARNING)
+    return logging.getLevelName(lvl)
+
+
 @app.callback()
 def _main(
+    ctx: typer.Context,
     config: Path | None = typer.Option(
         None,
         "--config",
         "-c",
         help="backfleet.toml to read (default: ./backfleet.toml, env BACKFLEET_CONFIG)",
     ),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="also print the command's info events (on stderr)"
+    ),
 ) -> None:
     _STATE["config"] = config
     _STATE["settings"] = None
+    _STATE["verbose"] = verbose
+    _STATE["daemon"] = ctx.invoked_subcommand in DAEMONS
+    # quiet from the start: events logged before the settings are read obey --verbose too
+    configure_logging("console", console_log_level("INFO"))
 
 
 @app.command()
@@ -254,12 +277,19 @@ def _warm_on_start(capp: Any, pool: str) -> None:
 @app.command()
 def demo(
     docs: int = typer.Option(3000, min=100, max=200_000, help="documents to generate"),
-    workdir: Path | None = typer.Option(None, "--dir", help="keep the demo's files here"),
+    workdir: Path | None = typer.Option(
+        None,
+        "--dir",
+        help="keep the demo's files here (a later run removes only its own previous files)",
+    ),
+    keep: bool = typer.Option(
+        False, "--keep", help="keep the temporary directory (default: removed at the end)"
+    ),
 ) -> None:
     """Run a whole small migration with no servers (SQLite, Milvus Lite, Celery in-process)."""
     from backfleet.cli.demo import run_demo
 
-    run_demo(console, docs=docs, workdir=workdir)
+    run_demo(console, docs=docs, workdir=workdir, keep=keep)
 
 
 # every other command module registers itself on ``app`` when imported

@@ -23,6 +23,7 @@ from backfleet.corpus import seed_source
 from backfleet.db.schema import upgrade
 from backfleet.db.session import Database, make_engine
 from backfleet.embedding.factory import embedder_for
+from backfleet.errors import ConfigError
 from backfleet.limits import NullThrottle
 from backfleet.logs import configure_logging
 from backfleet.settings import BackfillSettings, Settings, SourceSettings
@@ -134,26 +135,74 @@ def edit_source(engine: Any, docs: int) -> dict[str, int]:
     return {"updated": len(updated), "created": len(new), "deleted": len(deleted)}
 
 
-def run_demo(console: Console, *, docs: int, workdir: Path | None) -> None:
-    started = time.monotonic()
-    cleanup = workdir is None
-    work = Path(tempfile.mkdtemp(prefix="backfleet-demo-")) if workdir is None else workdir
+#: written into the demo's directory: a later run may remove only what a demo wrote there
+MARKER = ".backfleet-demo"
+DEMO_FILES = ("checkpoints.db", "source.db", "milvus.db")
+
+
+def prepare_workdir(work: Path) -> None:
+    """Make ``work`` ready for a fresh run, removing only a previous demo run's own files.
+
+    A directory holding anything else without the marker is refused: it is not the demo's.
+    """
+    if work.exists() and not work.is_dir():
+        raise ConfigError(
+            f"demo directory {work} is a file", hint="pass a new or empty directory with --dir"
+        )
     work.mkdir(parents=True, exist_ok=True)
-    for leftover in ("checkpoints.db", "source.db", "milvus.db"):
-        (work / leftover).unlink(missing_ok=True)
+    entries = {p.name for p in work.iterdir()}
+    if entries and MARKER not in entries:
+        raise ConfigError(
+            f"demo directory {work} is not empty and holds no {MARKER} marker of a previous demo",
+            hint="pass a new or empty directory with --dir, or leave --dir out for a temporary one",
+        )
+    for name in DEMO_FILES:
+        path = work / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    (work / MARKER).write_text(f"files of `backfleet demo`: {', '.join(DEMO_FILES)}\n")
+
+
+def release_milvus_lite(path: Path) -> None:
+    """Stop this process's Milvus Lite server for ``path``: it writes its data when stopped
+    (at exit otherwise), which would recreate a directory removed before."""
+    from milvus_lite.server_manager import server_manager_instance
+
+    server_manager_instance.release_server(str(path))
+
+
+def run_demo(console: Console, *, docs: int, workdir: Path | None, keep: bool = False) -> None:
+    started = time.monotonic()
+    temporary = workdir is None
+    if workdir is None:
+        work = Path(tempfile.mkdtemp(prefix="backfleet-demo-"))
+        (work / MARKER).write_text(f"files of `backfleet demo`: {', '.join(DEMO_FILES)}\n")
+    else:
+        work = workdir.resolve()
+        prepare_workdir(work)
+    removed = temporary and not keep
     try:
-        _run(console, docs, work)
+        _run(console, docs, work, removed)
     finally:
-        if cleanup:
+        release_milvus_lite(work / "milvus.db")
+        if removed:
             shutil.rmtree(work, ignore_errors=True)
     console.print(f"\n[bold green]demo finished[/] in {time.monotonic() - started:.1f} s")
+    if removed:
+        console.print(f"temporary directory {work} removed", soft_wrap=True)
+    else:
+        console.print(f"files kept in {work}", soft_wrap=True)
 
 
-def _run(console: Console, docs: int, work: Path) -> None:
+def _run(console: Console, docs: int, work: Path, removed: bool) -> None:
     settings = demo_settings(work, docs)
     configure_logging(settings.log_format, settings.log_level)
     console.rule("[bold]backfleet demo: migrate an alias from model v1 to v2, no servers")
-    console.print(f"work dir {work}: SQLite source + checkpoints, Milvus Lite, Celery in-process")
+    where = "temporary, removed at the end; --keep keeps it" if removed else "kept at the end"
+    console.print(f"work dir {work} ({where})", soft_wrap=True)
+    console.print("SQLite source + checkpoints, Milvus Lite, Celery in-process")
 
     source_engine = make_engine(settings.source.url)
     seed_source(source_engine, docs)

@@ -10,9 +10,11 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO
 
 import psycopg
 import redis
@@ -45,6 +47,75 @@ milvus.MilvusServerConfig.try_bind_port = try_bind_port
 sys.argv[0] = "milvus-server"
 sys.exit(milvus.main())
 """
+
+
+#: how long a test session waits for another session's milvus-server (seconds)
+LOCK_WAIT_DEFAULT = 1800.0
+LOCK_REPORT_EVERY = 60.0
+
+
+def lock_wait_seconds(env: Mapping[str, str] | None = None) -> float:
+    """``BACKFLEET_TEST_MILVUS_LOCK_WAIT``: the longest wait for the machine's Milvus lock."""
+    raw = (os.environ if env is None else env).get("BACKFLEET_TEST_MILVUS_LOCK_WAIT")
+    return float(raw) if raw else LOCK_WAIT_DEFAULT
+
+
+def say(message: str) -> None:
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
+def _holder(lock: IO[str]) -> str:
+    lock.seek(0)
+    text = " ".join(lock.read().split())
+    return text or "an unknown process (the lock file records no holder)"
+
+
+def take_machine_lock(
+    path: Path,
+    wait: float,
+    notify: Callable[[str], None] = say,
+    report_every: float = LOCK_REPORT_EVERY,
+) -> IO[str]:
+    """Take the exclusive lock at ``path`` and record this process in it (pid, command line,
+    start time). While another process holds it, say who and for how long at most this one
+    waits, once and then every ``report_every`` seconds; past ``wait``, raise."""
+    import fcntl
+
+    lock = open(path, "a+")  # noqa: SIM115 - held by the caller; never truncates a holder's record
+    started = time.monotonic()
+    next_report = started
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            now = time.monotonic()
+            if now - started >= wait:
+                holder = _holder(lock)
+                lock.close()
+                raise RuntimeError(
+                    f"another test session holds the milvus-server lock {path} after "
+                    f"{wait:g} s: {holder} (fix: wait for it, raise "
+                    "BACKFLEET_TEST_MILVUS_LOCK_WAIT, or use a running Milvus with "
+                    "BACKFLEET_TEST_MILVUS_URI)"
+                ) from None
+            if now >= next_report:
+                first = next_report == started
+                notify(
+                    f"backfleet tests: {'waiting' if first else 'still waiting'} for the "
+                    f"machine's milvus-server lock {path} ({now - started:.0f} s of at most "
+                    f"{wait:g} s, BACKFLEET_TEST_MILVUS_LOCK_WAIT), held by {_holder(lock)}; "
+                    "BACKFLEET_TEST_MILVUS_URI=<uri> uses a running Milvus instead"
+                )
+                next_report = now + report_every
+            time.sleep(min(1.0, max(0.05, wait / 20)))
+    lock.seek(0)
+    lock.truncate()
+    since = datetime.now(UTC).isoformat(timespec="seconds")
+    lock.write(f"pid {os.getpid()} ({' '.join(sys.argv)}) in {os.getcwd()} since {since}\n")
+    lock.flush()
+    return lock
 
 
 def free_port() -> int:
@@ -82,8 +153,9 @@ def redis_db_url(db: int) -> str:
 class MilvusServer:
     """The real Milvus engine (`milvus-server`, 2.3.5) as a subprocess; or `milvus-lite server`."""
 
-    def __init__(self, kind: str = "server") -> None:
+    def __init__(self, kind: str = "server", notify: Callable[[str], None] = say) -> None:
         self.kind = kind
+        self.notify = notify
         self.dir = Path(tempfile.mkdtemp(prefix=f"bf-milvus-{kind}-"))
         # never the default 19530: milvus-server silently moves to the next port when the
         # default is busy (even in TIME_WAIT), but fails loudly on an explicit one
@@ -102,7 +174,7 @@ class MilvusServer:
         a second test session waits for the first one's server to stop (a file lock).
         """
         if self.kind == "server":
-            self._lock_machine(wait=1800)
+            self._lock_machine(wait=lock_wait_seconds())
         try:
             self._start(timeout)
         except BaseException:
@@ -110,20 +182,7 @@ class MilvusServer:
             raise
 
     def _lock_machine(self, wait: float) -> None:
-        import fcntl
-
-        self._lock = open(LOCK_PATH, "w")  # noqa: SIM115 - held until stop()
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"another milvus-server test run holds {LOCK_PATH}"
-                    ) from None
-                time.sleep(1)
+        self._lock: IO[str] | None = take_machine_lock(LOCK_PATH, wait, self.notify)
         if port_open(2379):
             raise RuntimeError(
                 "port 2379 is taken (a milvus-server or etcd not started by the tests runs here); "
