@@ -82,10 +82,11 @@ def main(argv: list[str] | None = None) -> int:
                     started = time.perf_counter()
                     found = gen.search(q, args.k, fields=(), ef=ef)
                     ms = (time.perf_counter() - started) * 1000 / len(rows)
-                    by_id = [overlap([h["id"] for h in f], e[0]) for f, e in zip(found, exact, strict=True)]
+                    pairs = list(zip(found, exact, strict=True))
+                    by_id = [overlap([h["id"] for h in f], e[0]) for f, e in pairs]
                     tied = [
                         index_overlap([(h["id"], hit_score(h, "COSINE")) for h in f], ids, s[-1])
-                        for f, (ids, s) in zip(found, exact, strict=True)
+                        for f, (ids, s) in pairs
                     ]
                     label = "server default" if ef is None else str(ef)
                     print(
