@@ -511,7 +511,8 @@ class AimdPolicy:
     def __post_init__(self) -> None:
         if not 0 < self.decrease < 1 or not 0 < self.min_factor <= 1:
             raise ConfigError(
-                f"AIMD decrease {self.decrease} and min_factor {self.min_factor} must be in (0, 1)",
+                f"AIMD decrease {self.decrease} must be in (0, 1) and min_factor "
+                f"{self.min_factor} in (0, 1]",
                 hint="pass an AimdPolicy with 0 < decrease < 1 and 0 < min_factor <= 1",
             )
         if not self.recovery_seconds > 0:
