@@ -232,7 +232,10 @@ class Router:
         name, shadow = self.choose(key)
         gen, embedder = self._generation(name)
         vectors = np.asarray(embedder.embed([text]).vectors, dtype=np.float32)
-        hits = gen.search(vectors, k, fields=("model", *fields))[0]
+        cut = self.settings.cutover
+        hits = gen.search(
+            vectors, k, fields=("model", *fields), ef=cut.search_ef, nprobe=cut.search_nprobe
+        )[0]
         tag = gen.identity.tag
         for hit in hits:
             model = (hit.get("entity") or {}).get("model", tag)

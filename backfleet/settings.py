@@ -122,6 +122,11 @@ class CutoverSettings(BaseModel):
     holdover_hours: float = Field(default=72.0, ge=0)
     #: how often a Router re-reads the canary share and the alias
     router_refresh_seconds: float = Field(default=5.0, gt=0)
+    #: HNSW search breadth (``ef``, raised to k when below) of eval's and the Router's searches:
+    #: Milvus's default is about k, which missed 5-26 % of the exact top 10 (benchmarks.md)
+    search_ef: int = Field(default=256, gt=0, le=32768)
+    #: IVF_FLAT clusters searched (of nlist 128) by the same searches
+    search_nprobe: int = Field(default=32, gt=0, le=65536)
 
 
 class CatchupSettings(BaseModel):

@@ -23,10 +23,18 @@ deadlock and the long-run rate still holds. The oldest refused waiter that is st
 the *head of line*: others may only take what it does not need, so a large request is not
 starved by a stream of small ones (a crashed head's claim expires after a few seconds).
 
-The effective rates are ``min(configured, provider-announced) * factor``. A 429 multiplies the
-factor by ``decrease`` (at most once per ``decrease_interval``, floor ``min_factor``), empties
-the buckets and sets a shared cool-down; successes add ``recovery_step`` at most once per
-``recovery_interval`` fleet-wide, up to 1.0.
+The effective rates are ``min(configured, provider-announced) * factor``. A 429 empties the
+buckets, sets a shared cool-down and multiplies the factor by ``decrease`` (floor
+``min_factor``) — once per round trip: a 429 inside the cool-down of the previous cut answers a
+request sent before that cut, so the concurrent requests of one burst cut the rate once, not
+once each (and never twice within ``decrease_interval``). After the cool-down the factor climbs
+back in proportion to the *time* without a 429, not to the number of successes: linearly from
+``min_factor`` to 1.0 in ``recovery_seconds``, applied whenever a worker asks (acquire, success,
+status; at most one step per ``recovery_interval``, the time between is credited). So a fleet
+slowed to 10 % is back at full speed ``recovery_seconds`` after the last cool-down however few
+requests the reduced rate lets through (the old +0.02 per success took minutes at low rates).
+:func:`aimd_rate_limited` and :func:`aimd_recover` are that algorithm in Python; the Lua
+scripts do the same in Redis.
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, runtime_checkable
 
 import redis
@@ -187,8 +195,9 @@ def _positive_int(setting: str, value: object) -> int:
 
 
 # --- Lua ---------------------------------------------------------------------------------
-# KEYS[1] = K:config, KEYS[2] = K:state, ARGV[1] = burst seconds; numbers cross as strings
-# because Redis truncates Lua numbers to integers.
+# KEYS[1] = K:config, KEYS[2] = K:state, ARGV[1] = burst seconds, then each script's own, then
+# (added by FleetThrottle._run) recovery seconds, recovery interval, floor, clock; numbers cross
+# as strings because Redis truncates Lua numbers to integers.
 
 _LUA_PRELUDE = f"""
 if redis.replicate_commands then pcall(redis.replicate_commands) end
@@ -197,7 +206,13 @@ local BURST = tonumber(ARGV[1])
 local NUMS = {{'req', 'tok', 'ts', 'factor', 'cool_until', 'prov_rpm', 'prov_tpm',
               'last_dec', 'last_inc'}}
 
+-- the last four ARGV of every script: the recovery policy (seconds from the floor to 1.0, the
+-- least step interval, the floor) and the caller's clock ('' = Redis TIME; tests inject one)
+local NOW = tonumber(ARGV[#ARGV])
+local RECOVERY, RINTERVAL = tonumber(ARGV[#ARGV - 3]), tonumber(ARGV[#ARGV - 2])
+local FLOOR = tonumber(ARGV[#ARGV - 1])
 local function clock()
+  if NOW then return NOW end
   local t = redis.call('TIME')
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
@@ -233,6 +248,16 @@ local function rates(cfg, s)
   r.req_cap = math.max(1, r.req_rate * BURST)
   r.tok_cap = math.max(1, r.tok_rate * BURST)
   return r
+end
+
+-- after the cool-down the factor climbs linearly in time (aimd_recover in Python)
+local function climb(s, now)
+  if s.factor >= 1 or now < s.cool_until then return false end
+  local since = math.max(s.last_inc, s.cool_until, s.last_dec)
+  if now - since < RINTERVAL then return false end
+  s.factor = math.min(1, s.factor + (1 - FLOOR) * (now - since) / RECOVERY)
+  s.last_inc = now
+  return true
 end
 
 local function refill(s, r, now)
@@ -291,6 +316,7 @@ local s = read_state()
 if s.cool_until > now then return {'cooldown', fmt(s.cool_until - now), fmt(since)} end
 local r = rates(cfg, s)
 refill(s, r, now)
+if climb(s, now) then r = rates(cfg, s) end
 local need_tok = math.min(tokens, r.tok_cap)
 -- the head of line is the oldest refused waiter still polling; others take only its surplus
 local hol_active = s.hol_id ~= nil and s.hol_until > now
@@ -331,11 +357,12 @@ local now = clock()
 local s = read_state()
 local cfg = read_config()
 if cfg then refill(s, rates(cfg, s), now) end
-s.cool_until = math.max(s.cool_until, now + cooldown)
-if now - s.last_dec >= interval then
+-- one cut per round trip: a 429 inside the previous cut's cool-down was sent before that cut
+if now >= s.cool_until and now - s.last_dec >= interval then
   s.factor = math.max(floor, s.factor * decrease)
   s.last_dec = now
 end
+s.cool_until = math.max(s.cool_until, now + cooldown)
 if cfg then
   -- start again from empty buckets once the cool-down is over: no burst into a 429
   s.req = math.min(s.req, 0)
@@ -347,20 +374,16 @@ return {fmt(s.factor), fmt(s.cool_until - now)}
 """
 )
 
-# ARGV: burst, step, interval -> factor
+# ARGV: burst -> factor
 _SUCCESS_LUA = (
     _LUA_PRELUDE
     + """
-local step, interval = tonumber(ARGV[2]), tonumber(ARGV[3])
 local s = read_state()
 if s.factor >= 1 then return fmt(s.factor) end
 local now = clock()
-if now < s.cool_until or now - s.last_inc < interval then return fmt(s.factor) end
 local cfg = read_config()
 if cfg then refill(s, rates(cfg, s), now) end
-s.factor = math.min(1, s.factor + step)
-s.last_inc = now
-save(s)
+if climb(s, now) then save(s) end
 return fmt(s.factor)
 """
 )
@@ -424,6 +447,8 @@ local now = clock()
 local s = read_state()
 local raw = redis.call('HMGET', CFG, 'rpm', 'tpm', 'paused')
 local cfg = read_config()
+if cfg then refill(s, rates(cfg, s), now) end
+climb(s, now)  -- what the next acquire will see (status writes nothing)
 local out = {raw[1] or '', raw[2] or '', raw[3] or '0', fmt(s.factor),
              fmt(math.max(0, s.cool_until - now)),
              s.prov_rpm and fmt(s.prov_rpm) or '', s.prov_tpm and fmt(s.prov_tpm) or '',
@@ -476,10 +501,62 @@ class AimdPolicy:
     decrease: float = 0.7
     min_factor: float = 0.1
     decrease_interval: float = 1.0
-    recovery_step: float = 0.02
+    #: seconds without a 429 (after the cool-down) to climb from ``min_factor`` to 1.0
+    recovery_seconds: float = 20.0
+    #: at most one climb (one Redis write) per this many seconds; the time between is credited
     recovery_interval: float = 1.0
     default_retry_after: float = 5.0
     max_retry_after: float = 300.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.decrease < 1 or not 0 < self.min_factor <= 1:
+            raise ConfigError(
+                f"AIMD decrease {self.decrease} must be in (0, 1) and min_factor "
+                f"{self.min_factor} in (0, 1]",
+                hint="pass an AimdPolicy with 0 < decrease < 1 and 0 < min_factor <= 1",
+            )
+        if not self.recovery_seconds > 0:
+            raise ConfigError(
+                f"AIMD recovery_seconds must be above 0, got {self.recovery_seconds!r}",
+                hint="pass an AimdPolicy with recovery_seconds of a few tens of seconds",
+            )
+
+
+@dataclass(frozen=True)
+class AimdState:
+    """The adaptive factor's state (what ``K:state`` holds besides the buckets)."""
+
+    factor: float = 1.0
+    cool_until: float = -math.inf
+    last_dec: float = -math.inf
+    last_inc: float = -math.inf
+
+
+def aimd_rate_limited(
+    state: AimdState, now: float, cooldown: float, policy: AimdPolicy
+) -> AimdState:
+    """A 429 at ``now``: cut the factor once per round trip, extend the cool-down.
+
+    A 429 inside the previous cut's cool-down answers a request sent before that cut (none is
+    granted during a cool-down), so it extends the cool-down but does not cut again.
+    """
+    factor, last_dec = state.factor, state.last_dec
+    if now >= state.cool_until and now - state.last_dec >= policy.decrease_interval:
+        factor, last_dec = max(policy.min_factor, factor * policy.decrease), now
+    cool_until = max(state.cool_until, now + cooldown)
+    return replace(state, factor=factor, cool_until=cool_until, last_dec=last_dec)
+
+
+def aimd_recover(state: AimdState, now: float, policy: AimdPolicy) -> AimdState:
+    """Any acquire, success or status at ``now``: climb by the time since the cool-down ended
+    (or the last climb), at most one step per ``recovery_interval``."""
+    if state.factor >= 1 or now < state.cool_until:
+        return state
+    since = max(state.last_inc, state.cool_until, state.last_dec)
+    if now - since < policy.recovery_interval:
+        return state
+    step = (1 - policy.min_factor) * (now - since) / policy.recovery_seconds
+    return replace(state, factor=min(1.0, state.factor + step), last_inc=now)
 
 
 @runtime_checkable
@@ -535,6 +612,7 @@ class FleetThrottle:
         policy: AimdPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         if not key:
             raise ConfigError("the throttle key must not be empty", hint="pass a limiter key")
@@ -554,6 +632,8 @@ class FleetThrottle:
         self._keys = [f"{key}:config", f"{key}:state"]
         self._sleep = sleep
         self._monotonic = monotonic
+        #: the scripts' "now": Redis TIME when None (the fleet's one clock); tests inject one
+        self._clock = clock
         self._random = random.Random()
         self._lock = threading.Lock()
         self._defaults: tuple[int, int] = (0, 0)
@@ -570,7 +650,19 @@ class FleetThrottle:
 
     def _run(self, script: Script, *args: str | int | float) -> Any:
         try:
-            return script(keys=self._keys, args=[self.burst_seconds, *args])
+            now = "" if self._clock is None else repr(float(self._clock()))
+            policy = self.policy
+            return script(
+                keys=self._keys,
+                args=[
+                    self.burst_seconds,
+                    *args,
+                    policy.recovery_seconds,
+                    policy.recovery_interval,
+                    policy.min_factor,
+                    now,
+                ],
+            )
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise BrokerUnavailable(
                 f"Redis could not be reached for throttle {self.key} ({type(exc).__name__})",
@@ -756,9 +848,7 @@ class FleetThrottle:
     def report_success(self) -> None:
         """A successful call: the factor climbs back (best effort: a Redis error is logged)."""
         try:
-            self._run(
-                self._success_script, self.policy.recovery_step, self.policy.recovery_interval
-            )
+            self._run(self._success_script)
         except BrokerUnavailable as exc:
             log.warning("throttle_report_failed", key=self.key, error=exc.message)
 

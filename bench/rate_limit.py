@@ -17,11 +17,18 @@ Two modes, each at every worker count:
               own launcher (``python bench/rate_limit.py worker``), which reads
               ``BENCH_CELERY_RATE_LIMIT``; library code is unchanged.
 
+``--burst S`` (throttle mode) is the "burst then healthy" case instead: after the warm-up the
+provider answers every request 429 (Retry-After 1 s) for S seconds, then nothing but successes
+for ``--steady`` seconds; the adaptive factor and the accepted requests per second are printed
+every second, with how long after the burst the factor and the throughput were back at 95 %.
+
 Usage (from the repository root, Postgres and Redis running; starts its own milvus-server, so
 no test session may be running one)::
 
     .venv/bin/python bench/rate_limit.py                       # everything, ~11 minutes
     .venv/bin/python bench/rate_limit.py --workers 2 --modes throttle --steady 30
+    .venv/bin/python bench/rate_limit.py --workers 2 --modes throttle --rpm 120 --burst 10 \
+        --warmup 10 --steady 60                                # burst then healthy
 
 Prints one table; ``--json PATH`` also writes the figures.
 """
@@ -68,6 +75,68 @@ class Result:
     run_429s: int
     run_requests: int
     max_requests_in_window: int
+
+
+@dataclass
+class BurstResult:
+    workers: int
+    rpm: int
+    burst_seconds: float
+    factor_after_burst: float
+    #: seconds after the burst until the factor / the 5 s mean throughput reached 95 %
+    factor_back_after: float | None
+    throughput_back_after: float | None
+    #: (phase, seconds into the phase, factor, accepted requests in that second)
+    series: list[tuple[str, float, float, int]]
+
+
+def burst_then_healthy(
+    server: Any, settings: Any, *, rpm: int, burst: float, healthy: float
+) -> BurstResult:
+    """Every request 429 for ``burst`` s, then none for ``healthy`` s; sample once a second."""
+    import redis
+
+    from backfleet.limits import throttle_key
+    from backfleet.throttle import FleetThrottle
+
+    limiter = FleetThrottle(
+        redis.Redis.from_url(settings.redis_url), throttle_key(settings, "bench")
+    )
+    series: list[tuple[str, float, float, int]] = []
+
+    def sample(phase: str, seconds: float) -> None:
+        t0 = time.monotonic()
+        last = server.stats()["accepted"]
+        while time.monotonic() - t0 < seconds:
+            time.sleep(1.0)
+            now = server.stats()["accepted"]
+            factor = limiter.limits().factor
+            series.append((phase, round(time.monotonic() - t0, 1), factor, now - last))
+            print(f"  {phase:<7} {series[-1][1]:>5.1f}s factor {factor:.3f} {now - last:>3}/s")
+            last = now
+
+    server.set_faults(probability={"429": 1.0}, retry_after_seconds=1.0)
+    sample("burst", burst)
+    factor_after = limiter.limits().factor
+    server.set_faults(clear=True)
+    sample("healthy", healthy)
+    healthy_rows = [r for r in series if r[0] == "healthy"]
+    factor_back = next((t for _, t, f, _ in healthy_rows if f >= 0.95), None)
+    target = 0.95 * rpm / 60.0
+    throughput_back = None
+    for i in range(4, len(healthy_rows)):
+        if sum(r[3] for r in healthy_rows[i - 4 : i + 1]) / 5.0 >= target:
+            throughput_back = healthy_rows[i][1]
+            break
+    return BurstResult(
+        workers=0,
+        rpm=rpm,
+        burst_seconds=burst,
+        factor_after_burst=factor_after,
+        factor_back_after=factor_back,
+        throughput_back_after=throughput_back,
+        series=series,
+    )
 
 
 # --- the baseline's worker launcher --------------------------------------------------------
@@ -120,7 +189,8 @@ def one_run(
     warmup: float,
     steady: float,
     logdir: Path,
-) -> Result:
+    burst: float = 0.0,
+) -> Result | BurstResult:
     import redis
 
     from backfleet.corpus import seed_source
@@ -188,6 +258,10 @@ def one_run(
             while server.stats()["accepted"] < 2 and time.monotonic() < deadline:
                 time.sleep(0.2)
             time.sleep(warmup)
+            if burst > 0:
+                outcome = burst_then_healthy(server, settings, rpm=rpm, burst=burst, healthy=steady)
+                outcome.workers = workers
+                return outcome
             s0, t0 = server.stats(), time.monotonic()
             time.sleep(steady)
             s1, t1 = server.stats(), time.monotonic()
@@ -290,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=15.0, help="seconds before measuring")
     parser.add_argument("--steady", type=float, default=60.0, help="seconds measured")
     parser.add_argument("--docs", type=int, default=0, help="corpus size (default: enough)")
+    parser.add_argument(
+        "--burst", type=float, default=0.0, help="seconds of 429s, then --steady healthy seconds"
+    )
     parser.add_argument("--milvus-uri", default=None, help="an already running Milvus")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
@@ -304,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     counts = [int(x) for x in args.workers.split(",")]
     modes = [m.strip() for m in args.modes.split(",")]
     # enough documents that no run finishes before its steady window ends (+25%)
-    docs = args.docs or int(args.rpm / 60 * (args.warmup + args.steady + 20) * BATCH * 1.25)
+    seconds = args.warmup + args.steady + args.burst + 20
+    docs = args.docs or int(args.rpm / 60 * seconds * BATCH * 1.25)
     print(
         f"machine: {machine()}; provider {args.rpm} RPM / {args.tpm} TPM over 60 s; "
         f"batch {BATCH} docs; {docs} docs a run; warm-up {args.warmup:.0f}s, "
@@ -318,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         milvus.start()
         uri = milvus.uri
     results: list[Result] = []
+    bursts: list[BurstResult] = []
     logdir = Path(tempfile.mkdtemp(prefix="bf-bench-rate-"))
     started = time.monotonic()
     try:
@@ -333,7 +412,17 @@ def main(argv: list[str] | None = None) -> int:
                     warmup=args.warmup,
                     steady=args.steady,
                     logdir=logdir,
+                    burst=args.burst,
                 )
+                if isinstance(r, BurstResult):
+                    bursts.append(r)
+                    print(
+                        f"  burst {r.burst_seconds:.0f}s x{n}: factor {r.factor_after_burst:.3f} "
+                        f"after it; factor >= 0.95 after {r.factor_back_after}s, throughput "
+                        f">= 95% of {r.rpm} RPM (5 s mean) after {r.throughput_back_after}s",
+                        flush=True,
+                    )
+                    continue
                 results.append(r)
                 print(
                     f"  {mode} x{n}: req util {r.req_util:.1%}, tok util {r.tok_util:.1%}, "
@@ -343,11 +432,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if milvus is not None:
             getattr(milvus, "close", milvus.stop)()
-    print()
-    print(table(results))
+    if results:
+        print()
+        print(table(results))
     print(f"\ntotal {time.monotonic() - started:.0f}s; worker logs in {logdir}")
     if args.json:
-        write_json(args.json, results)
+        write_json(args.json, [*results, *bursts])
     return 0
 
 

@@ -84,6 +84,28 @@ def overlap(found: Sequence[SourceId], exact: Sequence[SourceId]) -> float:
     return len(set(found).intersection(exact)) / len(exact)
 
 
+#: scores this close to the exact k-th (float32 round-off between Milvus and numpy) are ties
+TIE_TOLERANCE = 1e-5
+
+
+def index_overlap(
+    found: Sequence[tuple[SourceId, float]], exact: Sequence[SourceId], kth_score: float
+) -> float:
+    """Share of the exact top k the index found, counting a tie as found.
+
+    ``found`` is ``(id, score)`` with scores as :func:`exact_top_k_scored` ranks them (higher is
+    better). A hit outside the exact list that scores as well as the exact k-th is a neighbour
+    just as near (a duplicate text, an equal-score document): which of the ties the exact sort
+    kept is arbitrary, so it is not a miss.
+    """
+    if not exact:
+        return 1.0
+    wanted = set(exact)
+    tol = TIE_TOLERANCE * max(1.0, abs(kth_score))
+    good = {i for i, s in found if i in wanted or s >= kth_score - tol}
+    return min(len(exact), len(good)) / len(exact)
+
+
 @dataclass(frozen=True)
 class Scores:
     recall: float
@@ -150,6 +172,14 @@ def exact_top_k(
     queries: Matrix, batches: Iterable[tuple[list[SourceId], Matrix]], metric: str, k: int
 ) -> list[list[SourceId]]:
     """Brute-force top ``k`` ids per query over streamed ``(ids, vectors)`` batches."""
+    return [ids for ids, _ in exact_top_k_scored(queries, batches, metric, k)]
+
+
+def exact_top_k_scored(
+    queries: Matrix, batches: Iterable[tuple[list[SourceId], Matrix]], metric: str, k: int
+) -> list[tuple[list[SourceId], list[float]]]:
+    """Brute-force top ``k`` per query as ``(ids, scores)``; a score is higher when nearer
+    (similarity for COSINE and IP, minus the squared distance for L2, as Milvus reports it)."""
     q = _prepare(queries, metric)
     best_scores = np.full((q.shape[0], 0), -np.inf, dtype=np.float32)
     best_ids = np.empty((q.shape[0], 0), dtype=object)
@@ -169,7 +199,16 @@ def exact_top_k(
         top = np.argsort(-all_scores, axis=1, kind="stable")[:, :keep]
         best_scores = np.take_along_axis(all_scores, top, axis=1)
         best_ids = np.take_along_axis(all_ids, top, axis=1)
-    return [list(row) for row in best_ids]
+    return [
+        (list(ids), [float(x) for x in scores])
+        for ids, scores in zip(best_ids, best_scores, strict=True)
+    ]
+
+
+def hit_score(hit: Mapping[str, Any], metric: str) -> float:
+    """A Milvus hit's distance as :func:`exact_top_k_scored` scores it (higher is nearer)."""
+    distance = float(hit["distance"])
+    return -distance if metric == "L2" else distance
 
 
 def _vector_batches(gen: Generation, hi: SourceId | None) -> Iterable[tuple[list[Any], Matrix]]:
@@ -179,10 +218,19 @@ def _vector_batches(gen: Generation, hi: SourceId | None) -> Iterable[tuple[list
 
 
 def index_recall(
-    gen: Generation, vectors: Matrix, k: int, source: Source, max_rows: int
+    gen: Generation,
+    vectors: Matrix,
+    k: int,
+    source: Source,
+    max_rows: int,
+    *,
+    ef: int | None = None,
+    nprobe: int | None = None,
 ) -> tuple[float, str]:
     """Mean share of the exact top ``k`` that the index search finds, and what was scanned.
 
+    The index is searched with ``ef`` / ``nprobe`` (``cutover.search_ef`` / ``search_nprobe``,
+    what the Router uses); a hit tied with the exact k-th counts (:func:`index_overlap`).
     Exact search scans every row when the generation holds at most ``max_rows``; beyond that,
     the first ``max_rows`` ids (an id slice, searched with the same filter), so it stays bounded.
     """
@@ -194,9 +242,14 @@ def index_recall(
         if points:
             hi = points[0]
             scope = f"the first {max_rows:,} ids of {rows:,} rows (cutover.exact_scan_max_rows)"
-    found = gen.search(vectors, k, fields=(), filter=f"id < {id_literal(hi)}" if hi else "")
-    exact = exact_top_k(vectors, _vector_batches(gen, hi), gen.identity.metric, k)
-    shares = [overlap([h["id"] for h in f], e) for f, e in zip(found, exact, strict=True)]
+    id_filter = f"id < {id_literal(hi)}" if hi is not None else ""
+    found = gen.search(vectors, k, fields=(), filter=id_filter, ef=ef, nprobe=nprobe)
+    metric = gen.identity.metric
+    exact = exact_top_k_scored(vectors, _vector_batches(gen, hi), metric, k)
+    shares = [
+        index_overlap([(h["id"], hit_score(h, metric)) for h in f], ids, scores[-1]) if ids else 1.0
+        for f, (ids, scores) in zip(found, exact, strict=True)
+    ]
     return sum(shares) / max(1, len(shares)), scope
 
 
@@ -239,11 +292,14 @@ class EvalReport:
         return data
 
 
-def _ranked(gen: Generation, embedder: Embedder, texts: list[str], limit: int) -> list[list[Any]]:
+def _ranked(
+    gen: Generation, embedder: Embedder, texts: list[str], limit: int, tol: CutoverSettings
+) -> list[list[Any]]:
     out: list[list[Any]] = []
     for start in range(0, len(texts), EMBED_BATCH):
         vectors = np.asarray(embedder.embed(texts[start : start + EMBED_BATCH]).vectors)
-        out.extend([h["id"] for h in hits] for hits in gen.search(vectors, limit, fields=()))
+        hits = gen.search(vectors, limit, fields=(), ef=tol.search_ef, nprobe=tol.search_nprobe)
+        out.extend([h["id"] for h in row] for row in hits)
     return out
 
 
@@ -252,7 +308,8 @@ def _side(
 ) -> tuple[Side, Generation, Embedder]:
     gen = store.open_generation(name)
     embedder = embedder_for_identity(settings, gen.identity, f"generation {name}")
-    ranked = _ranked(gen, embedder, [q.text for q in golden.queries], max(k, NDCG_K, MRR_K))
+    texts = [q.text for q in golden.queries]
+    ranked = _ranked(gen, embedder, texts, max(k, NDCG_K, MRR_K), settings.cutover)
     per_query = [score(r, q.grades, k) for r, q in zip(ranked, golden.queries, strict=True)]
     return Side(name, gen.identity.tag, mean_scores(per_query), per_query), gen, embedder
 
@@ -313,7 +370,15 @@ def evaluate(
     sample_vectors = np.asarray(
         shadow_embedder.embed([golden.queries[i].text for i in sorted(set(picks))]).vectors
     )
-    ir, scope = index_recall(shadow_gen, sample_vectors, k, source, tol.exact_scan_max_rows)
+    ir, scope = index_recall(
+        shadow_gen,
+        sample_vectors,
+        k,
+        source,
+        tol.exact_scan_max_rows,
+        ef=tol.search_ef,
+        nprobe=tol.search_nprobe,
+    )
 
     decision, reasons = verdict(live.means if live else None, shadow.means, ir, n, tol)
     metrics: dict[str, Any] = {
@@ -338,6 +403,8 @@ def evaluate(
                 "max_mrr_drop",
                 "min_index_recall",
                 "min_queries",
+                "search_ef",
+                "search_nprobe",
             }
         ),
     }

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from backfleet.cli.app import actor, app, console, settings
+from backfleet.cli.prove import NOT_CLEAN_EXIT
 from backfleet.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -65,12 +66,14 @@ def eval_cmd(
     migration: int | None = MIGRATION_OPT,
     json_out: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
-    """Score live and shadow on a golden query set (recall@k, nDCG@10, MRR@10); GO / NO-GO."""
+    """Score live and shadow on a golden query set (recall@k, nDCG@10, MRR@10); GO / NO-GO.
+
+    Exits 0 on GO, 1 on NO-GO (like reconcile when not clean), 2 on an error."""
     from backfleet.cli.render import print_json
     from backfleet.cli.wiring import open_db, open_source, open_store
     from coordinator.dispatcher import load_migration
     from coordinator.evaluator import evaluate
-    from coordinator.golden import PSEUDO_WARNING, check_ids, load_golden
+    from coordinator.golden import check_ids, load_golden
 
     s = settings()
     db = open_db(s)
@@ -81,7 +84,15 @@ def eval_cmd(
     report = evaluate(s, db, open_store(s), source, gold, m, actor=actor())
     if json_out:
         print_json(console, report.to_dict())
-        return
+    else:
+        _print_eval(report)
+    if report.verdict != "GO":
+        raise typer.Exit(NOT_CLEAN_EXIT)
+
+
+def _print_eval(report: EvalReport) -> None:
+    from coordinator.golden import PSEUDO_WARNING
+
     console.print(eval_table(report))
     for w in report.worst[:5]:
         console.print(

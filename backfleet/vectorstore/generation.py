@@ -221,8 +221,24 @@ class Generation:
         )
 
     def search(
-        self, vectors: Matrix, limit: int, fields: Sequence[str] = ("model",), filter: str = ""
+        self,
+        vectors: Matrix,
+        limit: int,
+        fields: Sequence[str] = ("model",),
+        filter: str = "",
+        *,
+        ef: int | None = None,
+        nprobe: int | None = None,
     ) -> list[list[dict[str, Any]]]:
+        """Top ``limit`` hits per vector; ``ef`` (HNSW, raised to ``limit``) and ``nprobe``
+        (IVF) widen the search, else Milvus's defaults apply (``ef`` about ``limit``: poor
+        recall). The index ignores the parameter that is not its own."""
+        params: dict[str, int] = {}
+        if ef is not None:
+            params["ef"] = max(ef, limit)
+        if nprobe is not None:
+            params["nprobe"] = nprobe
+        search_params = {"metric_type": self.identity.metric, "params": params} if params else None
         res = self._read(
             f"search {self.name}",
             lambda: self.client.search(
@@ -231,6 +247,7 @@ class Generation:
                 limit=limit,
                 filter=filter,
                 output_fields=list(fields),
+                search_params=search_params,
                 timeout=TIMEOUT,
             ),
         )

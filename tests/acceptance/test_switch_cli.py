@@ -1,5 +1,5 @@
 """`backfleet eval / golden / cutover / rollback / finalize` refusals: one line, exit 2,
-nothing changed."""
+nothing changed; eval's verdict in its exit code (GO 0, NO-GO 1)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from sqlalchemy import text
 from backfleet.corpus import seed_source
 from backfleet.db.session import make_engine
 from tests.acceptance.test_cli import one_error_line, run
-from tests.support.fleet import make_settings, settings_env
-from tests.support.services import postgres_database
+from tests.support.fleet import make_settings, settings_env, wait_for
+from tests.support.services import WorkerFleet, postgres_database, redis_db_url
 
 pytestmark = pytest.mark.acceptance
 
@@ -28,7 +28,7 @@ def pg_url() -> Iterator[str]:
 @pytest.fixture
 def env(pg_url: str, milvus_uri: str) -> dict[str, str]:
     s = make_settings(
-        pg_url=pg_url, redis_url="redis://127.0.0.1:6379/2", milvus_uri=milvus_uri, range_size=500
+        pg_url=pg_url, redis_url=redis_db_url(2), milvus_uri=milvus_uri, range_size=500
     )
     seed_source(make_engine(pg_url), 1000)
     return settings_env(s)
@@ -115,3 +115,39 @@ def test_golden_generate_says_it_is_weaker(env: dict[str, str], tmp_path: Path) 
     assert len({r["relevant"][0] for r in rows}) == 20  # spread over the corpus
     msg = one_error_line(run(["golden", "generate", "--out", "g.jsonl"], env, tmp_path))
     assert "already exists" in msg
+
+
+def test_eval_exit_code_is_its_verdict(env: dict[str, str], tmp_path: Path) -> None:
+    """NO-GO exits 1 (like reconcile when not clean), GO exits 0, errors stay 2."""
+    assert run(["db", "upgrade"], env, tmp_path).returncode == 0
+    assert run(["plan"], env, tmp_path).returncode == 0
+    assert run(["start"], env, tmp_path).returncode == 0
+    fleet = WorkerFleet(env, tmp_path)
+    fleet.start(1, concurrency=2)
+    try:
+
+        def done() -> bool:
+            st = json.loads(run(["status", "--json"], env, tmp_path).stdout)
+            return bool(st["ranges"]["done"] == 2)
+
+        wait_for(done, 180, "the backfill to finish", interval=1, on_timeout=fleet.logs)
+    finally:
+        fleet.stop()
+
+    # 5 queries: below cutover.min_queries (20), so NO-GO
+    few = tmp_path / "few.jsonl"
+    out = run(["golden", "generate", "--out", str(few), "--queries", "5"], env, tmp_path)
+    assert out.returncode == 0, out.stderr
+    no_go = run(["eval", "--golden", str(few)], env, tmp_path)
+    assert no_go.returncode == 1, (no_go.stdout, no_go.stderr)
+    assert "NO-GO" in no_go.stdout and "cutover.min_queries" in no_go.stdout
+    as_json = run(["eval", "--golden", str(few), "--json"], env, tmp_path)
+    assert as_json.returncode == 1, as_json.stderr
+    assert json.loads(as_json.stdout)["verdict"] == "NO-GO"
+
+    enough = tmp_path / "enough.jsonl"
+    out = run(["golden", "generate", "--out", str(enough), "--queries", "30"], env, tmp_path)
+    assert out.returncode == 0, out.stderr
+    go = run(["eval", "--golden", str(enough), "--json"], env, tmp_path)
+    assert go.returncode == 0, (go.stdout, go.stderr)
+    assert json.loads(go.stdout)["verdict"] == "GO"

@@ -11,6 +11,9 @@ from backfleet.settings import CutoverSettings
 from coordinator.evaluator import (
     dcg,
     exact_top_k,
+    exact_top_k_scored,
+    hit_score,
+    index_overlap,
     mean_scores,
     mrr_at_k,
     ndcg_at_k,
@@ -97,3 +100,29 @@ def test_exact_top_k_and_overlap() -> None:
     assert exact_top_k(q, batches, "L2", 1) == [[10], [11]]
     assert overlap([12, 99], [12, 10]) == 0.5
     assert overlap([], []) == 1.0
+
+
+def test_exact_scores_are_what_milvus_reports_higher_nearer() -> None:
+    q = np.array([[1.0, 0.0]], dtype=np.float32)
+    batches = [([10, 11], np.array([[3.0, 0.0], [0.0, 2.0]], dtype=np.float32))]
+    [(ids, scores)] = exact_top_k_scored(q, batches, "L2", 2)
+    assert ids == [10, 11] and scores == pytest.approx([-4.0, -5.0])  # minus squared distance
+    assert hit_score({"id": 10, "distance": 4.0}, "L2") == -4.0
+    [(ids, scores)] = exact_top_k_scored(q, batches, "COSINE", 2)
+    assert ids == [10, 11] and scores == pytest.approx([1.0, 0.0])
+    assert hit_score({"id": 10, "distance": 0.5}, "COSINE") == 0.5
+
+
+def test_index_overlap_counts_a_tie_with_the_kth_as_found() -> None:
+    # three documents at the same distance: the exact sort kept 1 and 2, the index 1 and 3
+    q = np.array([[1.0, 0.0]], dtype=np.float32)
+    same = np.array([[1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [0.0, 1.0]], dtype=np.float32)
+    [(ids, scores)] = exact_top_k_scored(q, [([1, 2, 3, 4], same)], "COSINE", 2)
+    assert ids == [1, 2]
+    found = [(1, scores[0]), (3, scores[1] + 1e-7)]  # float32 round-off from the server
+    assert overlap([1, 3], ids) == 0.5  # by id alone: a false miss
+    assert index_overlap(found, ids, scores[-1]) == 1.0
+    # a truly farther document is a miss, and nothing counts twice
+    assert index_overlap([(1, scores[0]), (4, 0.0)], ids, scores[-1]) == 0.5
+    assert index_overlap([(1, scores[0]), (1, scores[0])], ids, scores[-1]) == 0.5
+    assert index_overlap([], [], 0.0) == 1.0
