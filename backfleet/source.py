@@ -383,6 +383,76 @@ class Source:
         self._keyset_cache[key] = result
         return result
 
+    # --- ids only (catch-up) ------------------------------------------------------------
+
+    def id_pages(self, lo: str | None, hi: str | None, limit: int) -> Iterator[list[SourceId]]:
+        """Every id of ``[lo, hi)`` in keyset pages of ``limit``; an id that is not UTF-8 comes
+        back as its ``backslashreplace`` text (the id its dead letter has)."""
+        cursor: SourceId | bytes | None = None
+        with self._conn() as conn:
+            while True:
+                conds = self._in_range(lo, hi)
+                page: list[SourceId] | None = None
+                last: SourceId | bytes | None = None
+                if not isinstance(cursor, bytes):
+                    if cursor is not None:
+                        conds.append(self.key > cursor)
+                    stmt = select(self.id_col).where(and_(True, *conds)).order_by(self.key)
+                    try:
+                        page = [row[0] for row in conn.execute(stmt.limit(limit))]
+                    except DBAPIError as exc:
+                        if not is_decode_error(exc):
+                            raise
+                        conn.rollback()
+                    else:
+                        last = page[-1] if page else None
+                if page is None:
+                    if isinstance(cursor, bytes):
+                        conds.append(self._raw(self.id_col) > cursor)
+                    raw = select(self._raw(self.id_col)).where(and_(True, *conds))
+                    values = [
+                        bytes(r[0]) for r in conn.execute(raw.order_by(self.key).limit(limit))
+                    ]
+                    page = [_text_id(v) for v in values]
+                    last = values[-1] if values else None
+                    if last is not None and _decodes(last):
+                        last = page[-1]
+                if not page:
+                    return
+                yield page
+                cursor = last
+
+    def ids_where(self, *conds: ColumnElement[bool]) -> list[SourceId]:
+        """The ids of the rows matching ``conds`` (ids that are not UTF-8: as in ``id_pages``)."""
+        stmt = select(self.id_col).where(and_(True, *conds))
+        with self._conn() as conn:
+            try:
+                return [row[0] for row in conn.execute(stmt)]
+            except DBAPIError as exc:
+                if not is_decode_error(exc):
+                    raise
+                conn.rollback()
+                raw = select(self._raw(self.id_col)).where(and_(True, *conds))
+                return [_text_id(bytes(row[0])) for row in conn.execute(raw)]
+
+    def ids_after(self, after: str) -> tuple[int, SourceId | None]:
+        """``(count, smallest id)`` of the documents with an id above ``after`` (bytewise); an
+        id that is not UTF-8 comes back as its ``backslashreplace`` text, which sorts just
+        below it and above ``after``: it bounds a range the same way."""
+        where = self.key > self.decode_id(after)
+        with self._conn() as conn:
+            try:
+                row = conn.execute(select(func.count(), func.min(self.key)).where(where)).one()
+                return int(row[0]), row[1]
+            except DBAPIError as exc:
+                if not is_decode_error(exc):
+                    raise
+                conn.rollback()
+                count = int(conn.execute(select(func.count()).where(where)).scalar_one())
+                raw = select(self._raw(self.id_col)).where(where).order_by(self.key).limit(1)
+                first = conn.execute(raw).scalar()
+                return count, None if first is None else _text_id(bytes(first))
+
     def fetch(self, ids: Sequence[SourceId]) -> list[Doc]:
         """Documents by id (missing ids are simply absent)."""
         if not ids:
@@ -450,6 +520,19 @@ class Source:
 
     def _conn(self) -> Any:
         return _ConvertErrors(self._reader)
+
+
+def _decodes(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _text_id(value: bytes) -> str:
+    """A text id's bytes as text: itself when UTF-8, else with ``\\xNN`` for the bad bytes."""
+    return value.decode("utf-8", "backslashreplace")
 
 
 def is_decode_error(exc: DBAPIError) -> bool:

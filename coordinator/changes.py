@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -135,30 +135,13 @@ def _bounds(source: Source, lo: str | None, hi: str | None) -> list[ColumnElemen
     return conds
 
 
-def _rows(source: Source, stmt: Any) -> list[Any]:
-    try:
-        with source.engine.connect() as conn:
-            return list(conn.execute(stmt).all())
-    except OperationalError as exc:
-        raise DatabaseUnavailable(f"cannot read the source: {exc.orig}") from exc
-
-
 def source_ids(source: Source, lo: str | None, hi: str | None, batch: int) -> set[SourceId]:
-    """Every id of ``[lo, hi)`` (keyset pages of ids only)."""
+    """Every id of ``[lo, hi)`` (keyset pages of ids only; an id that is not UTF-8 as the
+    text of its dead letter)."""
     out: set[SourceId] = set()
-    after: SourceId | None = None
-    while True:
-        conds = _bounds(source, lo, hi)
-        if after is not None:
-            conds.append(source.key > after)
-        page = _rows(
-            source,
-            select(source.id_col).where(and_(True, *conds)).order_by(source.key).limit(batch),
-        )
-        if not page:
-            return out
-        out.update(r[0] for r in page)
-        after = page[-1][0]
+    for page in source.id_pages(lo, hi, batch):
+        out.update(page)
+    return out
 
 
 def updated_since(
@@ -171,10 +154,7 @@ def updated_since(
     if since is None or source.updated_col is None:
         return None
     col = source.updated_col
-    stmt = select(source.id_col).where(
-        and_(True, *_bounds(source, lo, hi)), or_(col > since, col.is_(None))
-    )
-    return {r[0] for r in _rows(source, stmt)}
+    return set(source.ids_where(*_bounds(source, lo, hi), or_(col > since, col.is_(None))))
 
 
 def source_hashes(
@@ -211,9 +191,7 @@ def shadow_hashes(
 def ids_after(source: Source, after: str) -> tuple[int, SourceId | None]:
     """``(count, smallest id)`` of the documents with an id above ``after``."""
     # min() of the key: ordered like the ranges (bytewise for text ids)
-    stmt = select(func.count(), func.min(source.key)).where(source.key > source.decode_id(after))
-    row = _rows(source, stmt)[0]
-    return int(row[0]), row[1]
+    return source.ids_after(after)
 
 
 def measure_skew(source: Source) -> float | None:

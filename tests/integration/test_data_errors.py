@@ -17,6 +17,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from backfleet.embedding.factory import embedder_for
 from backfleet.settings import BackfillSettings, Settings
 from backfleet.source import Source
 from backfleet.vectorstore import VectorStore
+from coordinator import changes
 from coordinator.changes import fetch_hashes, source_hashes
 from coordinator.dispatcher import load_migration, start_migration
 from coordinator.planner import plan_migration
@@ -260,6 +262,19 @@ def test_sql_ascii_source_reads_undecodable_rows_as_documents(milvus_uri: str) -
         hashes = source_hashes(source, None, None, 4)
         assert hashes["d03"] is None and hashes["d04"] is not None
         assert fetch_hashes(source, ["d12", "d13"], 10)["d12"] is None
+        # and its id-only scans: every id once, the undecodable one as its dead letter's id
+        ids = {f"d{i:02d}" for i in range(20)} | {"d06\\xfe"}
+        for page in (3, 4, 7, 100):  # with pages of 4 the undecodable id ends one
+            assert changes.source_ids(source, None, None, page) == ids
+        assert changes.source_ids(source, "d06", "d08", 1) == {"d06", "d06\\xfe", "d07"}
+        long_ago = datetime(2000, 1, 1, tzinfo=UTC)
+        assert changes.updated_since(source, None, "d07", long_ago) == {
+            f"d{i:02d}" for i in range(7)
+        } | {"d06\\xfe"}
+        # a new range after the cursor "d06" starts at the undecodable id's text, which sorts
+        # between "d06" and its bytes: the two ranges still meet without a gap
+        assert changes.ids_after(source, "d06") == (14, "d06\\xfe")
+        assert source.count("d06", "d06\\xfe") == 1 and source.count("d06\\xfe", None) == 14
 
 
 def test_sql_ascii_source_plan_and_backfill_dead_letter_the_undecodable(
