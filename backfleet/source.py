@@ -279,7 +279,7 @@ class Source:
         with self._conn() as conn:
             try:
                 rows = conn.execute(stmt).all()
-            except DBAPIError as exc:
+            except (DBAPIError, UnicodeDecodeError) as exc:
                 if not is_decode_error(exc):
                     raise
                 conn.rollback()
@@ -318,7 +318,7 @@ class Source:
                     params: Any = tuple(bound[n] for n in names) if names is not None else bound
                     try:
                         rows = conn.exec_driver_sql(sql, params).fetchall()
-                    except DBAPIError as exc:
+                    except (DBAPIError, UnicodeDecodeError) as exc:
                         if not is_decode_error(exc):
                             raise
                         conn.rollback()
@@ -400,7 +400,7 @@ class Source:
                     stmt = select(self.id_col).where(and_(True, *conds)).order_by(self.key)
                     try:
                         page = [row[0] for row in conn.execute(stmt.limit(limit))]
-                    except DBAPIError as exc:
+                    except (DBAPIError, UnicodeDecodeError) as exc:
                         if not is_decode_error(exc):
                             raise
                         conn.rollback()
@@ -428,7 +428,7 @@ class Source:
         with self._conn() as conn:
             try:
                 return [row[0] for row in conn.execute(stmt)]
-            except DBAPIError as exc:
+            except (DBAPIError, UnicodeDecodeError) as exc:
                 if not is_decode_error(exc):
                     raise
                 conn.rollback()
@@ -444,7 +444,7 @@ class Source:
             try:
                 row = conn.execute(select(func.count(), func.min(self.key)).where(where)).one()
                 return int(row[0]), row[1]
-            except DBAPIError as exc:
+            except (DBAPIError, UnicodeDecodeError) as exc:
                 if not is_decode_error(exc):
                     raise
                 conn.rollback()
@@ -462,7 +462,7 @@ class Source:
         with self._conn() as conn:
             try:
                 rows = conn.execute(stmt).all()
-            except DBAPIError as exc:
+            except (DBAPIError, UnicodeDecodeError) as exc:
                 if not is_decode_error(exc):
                     raise
                 conn.rollback()
@@ -535,9 +535,11 @@ def _text_id(value: bytes) -> str:
     return value.decode("utf-8", "backslashreplace")
 
 
-def is_decode_error(exc: DBAPIError) -> bool:
+def is_decode_error(exc: BaseException) -> bool:
     """The server (or the driver) could not turn a stored value into UTF-8."""
-    orig = exc.orig
+    if isinstance(exc, UnicodeDecodeError):  # SQLite (backfleet.db.session's text factory)
+        return True
+    orig = getattr(exc, "orig", None)
     if isinstance(orig, UnicodeDecodeError):
         return True
     state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
@@ -560,9 +562,9 @@ class _ConvertErrors:
 
     def __exit__(self, et: Any, ev: Any, tb: Any) -> None:
         self._cm.__exit__(et, ev, tb)
-        if isinstance(ev, DBAPIError) and is_decode_error(ev):
+        if isinstance(ev, DBAPIError | UnicodeDecodeError) and is_decode_error(ev):
             raise SourceDataError(
-                f"a source row is not valid UTF-8: {ev.orig}",
+                f"a source row is not valid UTF-8: {getattr(ev, 'orig', ev)}",
                 hint="store the texts and ids of source.table as UTF-8",
             ) from ev
         if isinstance(ev, OperationalError):

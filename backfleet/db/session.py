@@ -46,8 +46,15 @@ def make_engine(url: str, *, what: str = "database_url", pool_size: int = 4) -> 
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
+            # TEXT that is not UTF-8 raises UnicodeDecodeError (a data error of one row), not
+            # the driver's OperationalError (which reads as an outage)
+            dbapi_conn.text_factory = _utf8_text
 
     return engine
+
+
+def _utf8_text(value: bytes) -> str:
+    return value.decode("utf-8")
 
 
 def check_reachable(engine: Engine, *, what: str = "database_url") -> None:

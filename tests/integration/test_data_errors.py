@@ -327,3 +327,40 @@ def test_sql_ascii_source_plan_and_backfill_dead_letter_the_undecodable(
         assert rec.clean, rec.to_dict()
         with source.engine.connect() as conn:  # the bytes are still there, untouched
             assert conn.execute(text("SELECT count(*) FROM documents")).scalar() == 21
+
+
+def test_sqlite_source_with_bytes_that_are_not_utf8_is_not_an_outage(
+    milvus_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite stores any bytes as TEXT; its driver's decode error was an OperationalError,
+    taken for an outage (the range "released" and re-sent for ever, never failed)."""
+    monkeypatch.chdir(tmp_path)
+    src = f"sqlite:///{tmp_path / 'source.db'}"
+    engine = make_engine(src, what="source.url")
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TABLE documents (id INTEGER PRIMARY KEY, text TEXT, updated_at TIMESTAMP)"
+        )
+        for i in range(1, 31):
+            body = "x'626164ff'" if i == 7 else f"'about couriers and parcels {i}'"
+            conn.exec_driver_sql(
+                f"INSERT INTO documents VALUES ({i}, CAST({body} AS TEXT), '2026-01-01 00:00:00')"
+            )
+    with postgres_database() as pg:
+        settings = settings_for(src, pg, milvus_uri, range_size=10, batch_size=4)
+        source = Source(engine, settings.source)
+        docs = [d for batch in source.iter_batches(None, None, None, 4) for d in batch]
+        assert len(docs) == 30
+        assert docs[6].id == 7 and docs[6].error == "text is not valid UTF-8 at byte 3"
+        db = Database(settings.database_url)
+        upgrade(db.engine)
+        store = VectorStore(milvus_uri)
+        emb = embedder_for(settings, "local-v2")
+        report = plan_migration(settings, db, store, source, emb, model_label="local-v2", actor="t")
+        st, logs = run_backfill(settings, tmp_path, db, store, report.migration_id)
+        assert st.ranges["done"] == 3 and st.ranges["failed"] == 0, (st.ranges, logs[-3000:])
+        assert "range_released" not in logs, logs[-3000:]
+        assert store.open_generation(report.target_generation).count() == 29
+        assert dead_letters(db, report.migration_id) == {
+            "7": ("rejected", "text is not valid UTF-8 at byte 3")
+        }
