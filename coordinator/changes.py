@@ -5,7 +5,8 @@ window of a hash sweep, the clock margin) are plain functions; the scans that fe
 the source through SQLAlchemy (ids, ``updated_at``, texts) and the shadow through
 :meth:`Generation.scan` (ids and text hashes, Strong consistency). A document whose text is
 blank is never indexed (the backfill skips it), so "expected in the shadow" means "in the
-source with non-blank text".
+source with non-blank text" (and readable as UTF-8, with an id the generation can hold: the
+backfill dead-letters the others).
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.sql.elements import ColumnElement
 
 from backfleet.errors import DatabaseUnavailable
-from backfleet.source import Source, SourceId, text_hash
+from backfleet.source import Doc, Source, SourceId, id_too_long, text_hash
 from backfleet.vectorstore import Generation
+from backfleet.vectorstore.generation import STR_ID_MAX
 
 
 @dataclass
@@ -49,6 +51,14 @@ def blank(text: str | None) -> bool:
 def source_hash(text: str | None) -> str | None:
     """The hash a shadow row must carry for this source text; ``None``: must not be indexed."""
     return None if blank(text) else text_hash(text or "")
+
+
+def doc_hash(doc: Doc) -> str | None:
+    """:func:`source_hash` of a document; ``None`` also when the pipeline dead-letters it from
+    the source alone (its text or id is not UTF-8, its id is over the primary key's limit)."""
+    if doc.error is not None or id_too_long(doc.id, STR_ID_MAX) is not None:
+        return None
+    return source_hash(doc.text)
 
 
 def diff_hashes(
@@ -161,9 +171,7 @@ def source_hashes(
     source: Source, lo: str | None, hi: str | None, batch: int
 ) -> dict[SourceId, str | None]:
     """``id → hash`` (``None`` for blank text) of every document of ``[lo, hi)``."""
-    return {
-        d.id: source_hash(d.text) for docs in source.iter_batches(lo, hi, None, batch) for d in docs
-    }
+    return {d.id: doc_hash(d) for docs in source.iter_batches(lo, hi, None, batch) for d in docs}
 
 
 def fetch_hashes(source: Source, ids: Iterable[SourceId], batch: int) -> dict[SourceId, str | None]:
@@ -171,7 +179,7 @@ def fetch_hashes(source: Source, ids: Iterable[SourceId], batch: int) -> dict[So
     out: dict[SourceId, str | None] = {}
     for part in chunks(sorted(ids, key=str), batch):
         for d in source.fetch(part):
-            out[d.id] = source_hash(d.text)
+            out[d.id] = doc_hash(d)
     return out
 
 

@@ -184,6 +184,15 @@ def test_an_id_over_the_primary_key_limit_is_a_dead_letter_and_the_range_is_writ
         assert rec.generation_rows == 41
         assert rec.rejected_examples == [long_id[:60] + "…"], rec.to_dict()
 
+        # catch-up does not see the dead-lettered document as "created" at every pass (it
+        # would never settle): by hash and by fetch
+        src = changes.source_hashes(source, None, None, 10)
+        assert (
+            changes.diff_hashes(src, changes.shadow_hashes(shadow, source, None, None, 10)).found
+            == 0
+        )
+        assert changes.fetch_hashes(source, [long_id], 10) == {long_id: None}
+
 
 def test_plan_refuses_when_every_id_is_too_long(milvus_uri: str, tmp_path: Path) -> None:
     with postgres_database() as pg:
