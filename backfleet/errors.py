@@ -42,6 +42,10 @@ class SourceError(Permanent):
     """The source table or one of its columns is missing or unusable."""
 
 
+class SourceDataError(SourceError):
+    """A source row holds a value that cannot be read (bytes that are not UTF-8)."""
+
+
 class PlanError(Permanent):
     """The planner cannot build ranges for this source."""
 

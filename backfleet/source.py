@@ -5,10 +5,18 @@ settings; they are validated, then the table is reflected, so every identifier i
 reflected, quoted object — never pasted text. Batches are keyset (``id > :cursor ORDER BY id
 LIMIT :n``), never OFFSET. Text ids compare bytewise (``COLLATE "C"`` on Postgres), the
 order Milvus uses, so a range means the same ids in both.
+
+Bytes that are not UTF-8 (a ``SQL_ASCII`` Postgres database stores any bytes) are a data
+error of one row, not an outage: the server refuses the whole statement, so the rows of that
+statement are read again as bytes and decoded here, one by one. A row whose text does not
+decode is a :class:`Doc` with ``text=None`` and an ``error`` (the byte offset); one whose id
+does not decode gets a safe ``backslashreplace`` id. The pipeline dead-letters both.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -19,25 +27,45 @@ from sqlalchemy import (
     Column,
     Engine,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
     Text,
     and_,
     bindparam,
+    cast,
     func,
     select,
 )
-from sqlalchemy.exc import NoSuchTableError, OperationalError, ProgrammingError
+from sqlalchemy.exc import (
+    DataError,
+    DBAPIError,
+    NoSuchTableError,
+    OperationalError,
+    ProgrammingError,
+)
 from sqlalchemy.sql.elements import ColumnElement
 
 from backfleet.db.session import check_reachable
-from backfleet.errors import ConfigError, DatabaseUnavailable, PlanError, SourceError
+from backfleet.errors import (
+    ConfigError,
+    DatabaseUnavailable,
+    PlanError,
+    SourceDataError,
+    SourceError,
+)
+from backfleet.logs import get_logger
 from backfleet.settings import SourceSettings
+
+log = get_logger("backfleet.source")
 
 IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
 
 SourceId = int | str
+#: SQLSTATEs of a value the server cannot send as UTF-8 (character_not_in_repertoire,
+#: untranslatable_character)
+DECODE_SQLSTATES = frozenset({"22021", "22P05"})
 
 
 def validate_identifier(value: str, setting: str) -> str:
@@ -55,12 +83,28 @@ def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def id_too_long(doc_id: SourceId, max_bytes: int) -> str | None:
+    """Why a text id cannot be a generation's primary key (Milvus counts UTF-8 bytes), or
+    ``None`` when it fits."""
+    if not isinstance(doc_id, str):
+        return None
+    size = len(doc_id.encode("utf-8", "surrogatepass"))
+    if size <= max_bytes:
+        return None
+    return (
+        f"id is {size} bytes in UTF-8 ({len(doc_id)} characters); "
+        f"the generation's primary key holds at most {max_bytes}"
+    )
+
+
 class Doc(NamedTuple):
     """One source row. A named tuple: a batch builds hundreds of them per read."""
 
     id: SourceId
     text: str | None
     updated_at: datetime | None = None
+    #: why the row cannot be embedded as read (its text or id is not UTF-8); text is None
+    error: str | None = None
 
 
 class Source:
@@ -154,7 +198,35 @@ class Source:
             conds.append(self.key < self.decode_id(hi))
         return conds
 
+    @functools.cached_property
+    def server_encoding(self) -> str:
+        """The source database's encoding (``UTF8``, ``SQL_ASCII``, …); ``UTF8`` off Postgres."""
+        if not self._postgres:
+            return "UTF8"
+        with self._conn() as conn:
+            return str(conn.exec_driver_sql("SHOW server_encoding").scalar_one())
+
     # --- planning -----------------------------------------------------------------------
+
+    def long_ids(self, max_bytes: int, examples: int = 3) -> tuple[int, list[str]]:
+        """``(count, a few examples)`` of text ids longer than ``max_bytes`` UTF-8 bytes."""
+        if self.id_type != "str":
+            return 0, []
+        size = (
+            func.octet_length(self.id_col)
+            if self._postgres
+            else func.length(cast(self.id_col, LargeBinary))
+        )
+        where = size > max_bytes
+        with self._conn() as conn:
+            count = int(
+                conn.execute(select(func.count()).select_from(self.table).where(where)).scalar_one()
+            )
+            if not count:
+                return 0, []
+            raw = select(self._raw(self.id_col)).where(where).order_by(self.key).limit(examples)
+            found = [bytes(r[0]).decode("utf-8", "backslashreplace") for r in conn.execute(raw)]
+        return count, found
 
     def stats(self) -> tuple[int, int]:
         """``(documents, characters of text)`` computed in the database."""
@@ -179,13 +251,22 @@ class Source:
             raise PlanError("range size must be positive", hint="backfill.range_size")
         rn = func.row_number().over(order_by=self.key).label("rn")
         numbered = select(self.id_col.label("id"), rn).select_from(self.table).subquery()
-        stmt = (
-            select(numbered.c.id)
-            .where(numbered.c.rn > 1, (numbered.c.rn - 1) % range_size == 0)
-            .order_by(numbered.c.rn)
-        )
+        where = (numbered.c.rn > 1, (numbered.c.rn - 1) % range_size == 0)
+        stmt = select(numbered.c.id).where(*where).order_by(numbered.c.rn)
+        try:
+            with self._conn() as conn:
+                return [row[0] for row in conn.execute(stmt)]
+        except SourceDataError:
+            pass
+        # an id that is not UTF-8 cannot bound a range: that range joins the next one
+        raw = select(self._raw(numbered.c.id)).where(*where).order_by(numbered.c.rn)
         with self._conn() as conn:
-            return [row[0] for row in conn.execute(stmt)]
+            values = [bytes(row[0]) for row in conn.execute(raw)]
+        points: list[SourceId] = []
+        for value in values:
+            with contextlib.suppress(UnicodeDecodeError):
+                points.append(value.decode("utf-8"))
+        return points
 
     # --- reading ------------------------------------------------------------------------
 
@@ -196,7 +277,13 @@ class Source:
             conds.append(self.key > self.decode_id(after))
         stmt = select(*self.columns).where(and_(True, *conds)).order_by(self.key).limit(limit)
         with self._conn() as conn:
-            rows = conn.execute(stmt).all()
+            try:
+                rows = conn.execute(stmt).all()
+            except (DBAPIError, UnicodeDecodeError) as exc:
+                if not is_decode_error(exc):
+                    raise
+                conn.rollback()
+                return [doc for doc, _ in self._read_raw(conn, conds, limit)]
         return [Doc(*row) for row in rows]
 
     def iter_batches(
@@ -215,25 +302,45 @@ class Source:
             values["lo"] = self.decode_id(lo)
         if hi is not None:
             values["hi"] = self.decode_id(hi)
-        cursor = None if after is None else self.decode_id(after)
+        #: the keyset position: the last id read, or its bytes when it is not UTF-8
+        cursor: SourceId | bytes | None = None if after is None else self.decode_id(after)
         with self._conn() as conn:
             while True:
-                if cursor is None:
-                    sql, names, defaults = first
-                else:
-                    sql, names, defaults = rest
-                    values["after"] = cursor
-                bound = {**defaults, **values}
-                params: Any = tuple(bound[n] for n in names) if names is not None else bound
-                rows = conn.exec_driver_sql(sql, params).fetchall()
-                if self._convert is None:
-                    docs = [Doc(*row) for row in rows]
-                else:  # driver SQL skips SQLAlchemy's result types (SQLite: text timestamps)
-                    docs = [Doc(*self._convert(row)) for row in rows]
+                docs: list[Doc] | None = None
+                last: SourceId | bytes | None = None
+                if not isinstance(cursor, bytes):
+                    if cursor is None:
+                        sql, names, defaults = first
+                    else:
+                        sql, names, defaults = rest
+                        values["after"] = cursor
+                    bound = {**defaults, **values}
+                    params: Any = tuple(bound[n] for n in names) if names is not None else bound
+                    try:
+                        rows = conn.exec_driver_sql(sql, params).fetchall()
+                    except (DBAPIError, UnicodeDecodeError) as exc:
+                        if not is_decode_error(exc):
+                            raise
+                        conn.rollback()
+                    else:
+                        if self._convert is None:
+                            docs = [Doc(*row) for row in rows]
+                        else:  # driver SQL skips SQLAlchemy's result types (SQLite: timestamps)
+                            docs = [Doc(*self._convert(row)) for row in rows]
+                        last = docs[-1].id if docs else None
+                if docs is None:  # a row of this batch (or the cursor) is not UTF-8
+                    conds = self._in_range(lo, hi)
+                    if isinstance(cursor, bytes):
+                        conds.append(self._raw(self.id_col) > cursor)
+                    elif cursor is not None:
+                        conds.append(self.key > cursor)
+                    read = self._read_raw(conn, conds, limit)
+                    docs = [doc for doc, _ in read]
+                    last = read[-1][1] if read else None
                 if not docs:
                     return
                 yield docs
-                cursor = docs[-1].id
+                cursor = last
 
     def _row_converter(self) -> Callable[[Sequence[Any]], tuple[Any, ...]] | None:
         """What SQLAlchemy's result types would do to a keyset row on this dialect, or ``None``
@@ -276,17 +383,167 @@ class Source:
         self._keyset_cache[key] = result
         return result
 
+    # --- ids only (catch-up) ------------------------------------------------------------
+
+    def id_pages(self, lo: str | None, hi: str | None, limit: int) -> Iterator[list[SourceId]]:
+        """Every id of ``[lo, hi)`` in keyset pages of ``limit``; an id that is not UTF-8 comes
+        back as its ``backslashreplace`` text (the id its dead letter has)."""
+        cursor: SourceId | bytes | None = None
+        with self._conn() as conn:
+            while True:
+                conds = self._in_range(lo, hi)
+                page: list[SourceId] | None = None
+                last: SourceId | bytes | None = None
+                if not isinstance(cursor, bytes):
+                    if cursor is not None:
+                        conds.append(self.key > cursor)
+                    stmt = select(self.id_col).where(and_(True, *conds)).order_by(self.key)
+                    try:
+                        page = [row[0] for row in conn.execute(stmt.limit(limit))]
+                    except (DBAPIError, UnicodeDecodeError) as exc:
+                        if not is_decode_error(exc):
+                            raise
+                        conn.rollback()
+                    else:
+                        last = page[-1] if page else None
+                if page is None:
+                    if isinstance(cursor, bytes):
+                        conds.append(self._raw(self.id_col) > cursor)
+                    raw = select(self._raw(self.id_col)).where(and_(True, *conds))
+                    values = [
+                        bytes(r[0]) for r in conn.execute(raw.order_by(self.key).limit(limit))
+                    ]
+                    page = [_text_id(v) for v in values]
+                    last = values[-1] if values else None
+                    if last is not None and _decodes(last):
+                        last = page[-1]
+                if not page:
+                    return
+                yield page
+                cursor = last
+
+    def ids_where(self, *conds: ColumnElement[bool]) -> list[SourceId]:
+        """The ids of the rows matching ``conds`` (ids that are not UTF-8: as in ``id_pages``)."""
+        stmt = select(self.id_col).where(and_(True, *conds))
+        with self._conn() as conn:
+            try:
+                return [row[0] for row in conn.execute(stmt)]
+            except (DBAPIError, UnicodeDecodeError) as exc:
+                if not is_decode_error(exc):
+                    raise
+                conn.rollback()
+                raw = select(self._raw(self.id_col)).where(and_(True, *conds))
+                return [_text_id(bytes(row[0])) for row in conn.execute(raw)]
+
+    def ids_after(self, after: str) -> tuple[int, SourceId | None]:
+        """``(count, smallest id)`` of the documents with an id above ``after`` (bytewise); an
+        id that is not UTF-8 comes back as its ``backslashreplace`` text, which sorts just
+        below it and above ``after``: it bounds a range the same way."""
+        where = self.key > self.decode_id(after)
+        with self._conn() as conn:
+            try:
+                row = conn.execute(select(func.count(), func.min(self.key)).where(where)).one()
+                return int(row[0]), row[1]
+            except (DBAPIError, UnicodeDecodeError) as exc:
+                if not is_decode_error(exc):
+                    raise
+                conn.rollback()
+                count = int(conn.execute(select(func.count()).where(where)).scalar_one())
+                raw = select(self._raw(self.id_col)).where(where).order_by(self.key).limit(1)
+                first = conn.execute(raw).scalar()
+                return count, None if first is None else _text_id(bytes(first))
+
     def fetch(self, ids: Sequence[SourceId]) -> list[Doc]:
         """Documents by id (missing ids are simply absent)."""
         if not ids:
             return []
-        stmt = select(*self.columns).where(self.id_col.in_(list(ids))).order_by(self.key)
+        where = self.id_col.in_(list(ids))
+        stmt = select(*self.columns).where(where).order_by(self.key)
         with self._conn() as conn:
-            rows = conn.execute(stmt).all()
+            try:
+                rows = conn.execute(stmt).all()
+            except (DBAPIError, UnicodeDecodeError) as exc:
+                if not is_decode_error(exc):
+                    raise
+                conn.rollback()
+                return [doc for doc, _ in self._read_raw(conn, [where], None)]
         return [Doc(*r) for r in rows]
+
+    # --- bytes that are not UTF-8 -------------------------------------------------------
+
+    def _raw(self, col: ColumnElement[Any]) -> ColumnElement[Any]:
+        """A text column's stored bytes, decoded neither by the server nor by the driver."""
+        if self._postgres:
+            return func.convert_to(col, "SQL_ASCII", type_=LargeBinary)
+        return cast(col, LargeBinary)
+
+    def _read_raw(
+        self, conn: Any, conds: list[ColumnElement[bool]], limit: int | None
+    ) -> list[tuple[Doc, SourceId | bytes]]:
+        """The rows of a read the server refused to send as UTF-8, as bytes, decoded here one
+        by one: ``(doc, its keyset position)`` (the id's bytes when the id does not decode)."""
+        cols: list[ColumnElement[Any]] = [
+            self._raw(self.id_col) if self.id_type == "str" else self.id_col,
+            self._raw(self.text_col),
+        ]
+        if self.updated_col is not None:
+            cols.append(self.updated_col)
+        stmt = select(*cols).where(and_(True, *conds)).order_by(self.key)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        out = [self._decode_raw(row) for row in conn.execute(stmt)]
+        bad = [doc for doc, _ in out if doc.error]
+        if bad:
+            log.warning("source_rows_undecodable", count=len(bad), first=str(bad[0].id)[:80])
+        return out
+
+    @staticmethod
+    def _decode_raw(row: Sequence[Any]) -> tuple[Doc, SourceId | bytes]:
+        ident: Any = row[0]
+        position: SourceId | bytes = ident
+        error: str | None = None
+        if isinstance(ident, bytes | memoryview):
+            raw_id = bytes(ident)
+            try:
+                ident = position = raw_id.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                ident, position = raw_id.decode("utf-8", "backslashreplace"), raw_id
+                error = f"id is not valid UTF-8 at byte {exc.start}"
+        text: str | None = None
+        if row[1] is not None and error is None:
+            try:
+                text = bytes(row[1]).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                error = f"text is not valid UTF-8 at byte {exc.start}"
+        updated = row[2] if len(row) > 2 else None
+        return Doc(ident, text, updated, error), position
 
     def _conn(self) -> Any:
         return _ConvertErrors(self._reader)
+
+
+def _decodes(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _text_id(value: bytes) -> str:
+    """A text id's bytes as text: itself when UTF-8, else with ``\\xNN`` for the bad bytes."""
+    return value.decode("utf-8", "backslashreplace")
+
+
+def is_decode_error(exc: BaseException) -> bool:
+    """The server (or the driver) could not turn a stored value into UTF-8."""
+    if isinstance(exc, UnicodeDecodeError):  # SQLite (backfleet.db.session's text factory)
+        return True
+    orig = getattr(exc, "orig", None)
+    if isinstance(orig, UnicodeDecodeError):
+        return True
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return state in DECODE_SQLSTATES
 
 
 class _ConvertErrors:
@@ -305,7 +562,12 @@ class _ConvertErrors:
 
     def __exit__(self, et: Any, ev: Any, tb: Any) -> None:
         self._cm.__exit__(et, ev, tb)
+        if isinstance(ev, DBAPIError | UnicodeDecodeError) and is_decode_error(ev):
+            raise SourceDataError(
+                f"a source row is not valid UTF-8: {getattr(ev, 'orig', ev)}",
+                hint="store the texts and ids of source.table as UTF-8",
+            ) from ev
         if isinstance(ev, OperationalError):
             raise DatabaseUnavailable(f"source database error: {ev.orig}") from ev
-        if isinstance(ev, ProgrammingError):
+        if isinstance(ev, ProgrammingError | DataError):
             raise SourceError(f"source query failed: {ev.orig}") from ev

@@ -5,7 +5,8 @@ window of a hash sweep, the clock margin) are plain functions; the scans that fe
 the source through SQLAlchemy (ids, ``updated_at``, texts) and the shadow through
 :meth:`Generation.scan` (ids and text hashes, Strong consistency). A document whose text is
 blank is never indexed (the backfill skips it), so "expected in the shadow" means "in the
-source with non-blank text".
+source with non-blank text" (and readable as UTF-8, with an id the generation can hold: the
+backfill dead-letters the others).
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.sql.elements import ColumnElement
 
 from backfleet.errors import DatabaseUnavailable
-from backfleet.source import Source, SourceId, text_hash
+from backfleet.source import Doc, Source, SourceId, id_too_long, text_hash
 from backfleet.vectorstore import Generation
+from backfleet.vectorstore.generation import STR_ID_MAX
 
 
 @dataclass
@@ -49,6 +51,14 @@ def blank(text: str | None) -> bool:
 def source_hash(text: str | None) -> str | None:
     """The hash a shadow row must carry for this source text; ``None``: must not be indexed."""
     return None if blank(text) else text_hash(text or "")
+
+
+def doc_hash(doc: Doc) -> str | None:
+    """:func:`source_hash` of a document; ``None`` also when the pipeline dead-letters it from
+    the source alone (its text or id is not UTF-8, its id is over the primary key's limit)."""
+    if doc.error is not None or id_too_long(doc.id, STR_ID_MAX) is not None:
+        return None
+    return source_hash(doc.text)
 
 
 def diff_hashes(
@@ -135,30 +145,13 @@ def _bounds(source: Source, lo: str | None, hi: str | None) -> list[ColumnElemen
     return conds
 
 
-def _rows(source: Source, stmt: Any) -> list[Any]:
-    try:
-        with source.engine.connect() as conn:
-            return list(conn.execute(stmt).all())
-    except OperationalError as exc:
-        raise DatabaseUnavailable(f"cannot read the source: {exc.orig}") from exc
-
-
 def source_ids(source: Source, lo: str | None, hi: str | None, batch: int) -> set[SourceId]:
-    """Every id of ``[lo, hi)`` (keyset pages of ids only)."""
+    """Every id of ``[lo, hi)`` (keyset pages of ids only; an id that is not UTF-8 as the
+    text of its dead letter)."""
     out: set[SourceId] = set()
-    after: SourceId | None = None
-    while True:
-        conds = _bounds(source, lo, hi)
-        if after is not None:
-            conds.append(source.key > after)
-        page = _rows(
-            source,
-            select(source.id_col).where(and_(True, *conds)).order_by(source.key).limit(batch),
-        )
-        if not page:
-            return out
-        out.update(r[0] for r in page)
-        after = page[-1][0]
+    for page in source.id_pages(lo, hi, batch):
+        out.update(page)
+    return out
 
 
 def updated_since(
@@ -171,19 +164,14 @@ def updated_since(
     if since is None or source.updated_col is None:
         return None
     col = source.updated_col
-    stmt = select(source.id_col).where(
-        and_(True, *_bounds(source, lo, hi)), or_(col > since, col.is_(None))
-    )
-    return {r[0] for r in _rows(source, stmt)}
+    return set(source.ids_where(*_bounds(source, lo, hi), or_(col > since, col.is_(None))))
 
 
 def source_hashes(
     source: Source, lo: str | None, hi: str | None, batch: int
 ) -> dict[SourceId, str | None]:
     """``id → hash`` (``None`` for blank text) of every document of ``[lo, hi)``."""
-    return {
-        d.id: source_hash(d.text) for docs in source.iter_batches(lo, hi, None, batch) for d in docs
-    }
+    return {d.id: doc_hash(d) for docs in source.iter_batches(lo, hi, None, batch) for d in docs}
 
 
 def fetch_hashes(source: Source, ids: Iterable[SourceId], batch: int) -> dict[SourceId, str | None]:
@@ -191,7 +179,7 @@ def fetch_hashes(source: Source, ids: Iterable[SourceId], batch: int) -> dict[So
     out: dict[SourceId, str | None] = {}
     for part in chunks(sorted(ids, key=str), batch):
         for d in source.fetch(part):
-            out[d.id] = source_hash(d.text)
+            out[d.id] = doc_hash(d)
     return out
 
 
@@ -211,9 +199,7 @@ def shadow_hashes(
 def ids_after(source: Source, after: str) -> tuple[int, SourceId | None]:
     """``(count, smallest id)`` of the documents with an id above ``after``."""
     # min() of the key: ordered like the ranges (bytewise for text ids)
-    stmt = select(func.count(), func.min(source.key)).where(source.key > source.decode_id(after))
-    row = _rows(source, stmt)[0]
-    return int(row[0]), row[1]
+    return source.ids_after(after)
 
 
 def measure_skew(source: Source) -> float | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import select
 
@@ -16,12 +16,51 @@ from backfleet.logs import get_logger
 from backfleet.settings import Settings
 from backfleet.source import Source
 from backfleet.vectorstore import VectorStore, generation_name, parse_generation_name
+from backfleet.vectorstore.generation import STR_ID_MAX
 from coordinator.lifecycle import ACTIVE_STATES
 
 log = get_logger("backfleet.planner")
 
 #: Bytes per row beside the vector: id, model tag, text hash, timestamp, HNSW links (M=16).
 ROW_OVERHEAD_BYTES = 8 + 96 + 64 + 8 + 16 * 2 * 4
+#: ids of the long-id report; each cut to this many characters
+LONG_ID_EXAMPLES = 3
+EXAMPLE_CHARS = 60
+
+
+def _example(doc_id: str) -> str:
+    return doc_id if len(doc_id) <= EXAMPLE_CHARS else doc_id[:EXAMPLE_CHARS] + "…"
+
+
+def source_warnings(
+    settings: Settings, source: Source, docs: int
+) -> tuple[int, list[str], list[str]]:
+    """``(long ids, examples, warnings)``: ids a generation cannot hold (refused when every id
+    is one of them) and a source encoding that does not guarantee UTF-8."""
+    warnings: list[str] = []
+    long_ids, found = source.long_ids(STR_ID_MAX, LONG_ID_EXAMPLES)
+    examples = [_example(i) for i in found]
+    if long_ids and long_ids >= docs:
+        raise PlanError(
+            f"every id of source table {settings.source.table!r} is longer than the "
+            f"{STR_ID_MAX} bytes (UTF-8) a generation's primary key holds, e.g. {examples[0]!r}",
+            hint="point source.id_column at a shorter unique key",
+        )
+    if long_ids:
+        warnings.append(
+            f"{long_ids:,} of {docs:,} ids are longer than the {STR_ID_MAX} bytes (UTF-8) a "
+            "generation's primary key holds: those documents will be rejected dead letters "
+            f"(e.g. {', '.join(repr(e) for e in examples)}); `backfleet dead-letters` lists them"
+        )
+        log.warning("plan_long_ids", count=long_ids, max_bytes=STR_ID_MAX, first=examples[0])
+    encoding = source.server_encoding
+    if encoding == "SQL_ASCII":
+        warnings.append(
+            "source.url is a SQL_ASCII database: its texts and ids must be UTF-8; a document "
+            "that is not becomes a rejected dead letter"
+        )
+        log.warning("plan_source_sql_ascii", table=settings.source.table)
+    return long_ids, examples, warnings
 
 
 @dataclass(frozen=True)
@@ -37,6 +76,11 @@ class PlanReport:
     est_cost: float
     est_minutes: float
     shadow_bytes: int
+    #: text ids longer than a generation's primary key holds (their documents are dead letters)
+    long_ids: int = 0
+    long_id_examples: list[str] = field(default_factory=list)
+    #: what the operator should know before starting (long ids, the source's encoding)
+    warnings: list[str] = field(default_factory=list)
 
 
 def build_ranges(points: list[str | None]) -> list[tuple[str | None, str | None]]:
@@ -92,6 +136,7 @@ def plan_migration(
             f"source table {settings.source.table!r} is empty",
             hint="check source.url and source.table",
         )
+    long_ids, long_examples, warnings = source_warnings(settings, source, docs)
     points = [Source.encode_id(p) for p in source.split_points(cfg.range_size)]
     ranges = build_ranges(list(points))
     number = store.next_generation_number(alias, taken)
@@ -171,4 +216,7 @@ def plan_migration(
         est_cost=est_cost,
         est_minutes=est_minutes,
         shadow_bytes=shadow_bytes,
+        long_ids=long_ids,
+        long_id_examples=long_examples,
+        warnings=warnings,
     )

@@ -19,6 +19,11 @@ What is found, per id:
 * ``corrupted``   a sample of rows per range, re-embedded with the generation's model, whose
                   stored vector has cosine < ``min_cosine`` to the fresh one.
 
+Documents the pipeline rejects from the source alone — a text id over the generation's
+primary key (``STR_ID_MAX`` UTF-8 bytes) or a text or id that is not UTF-8 — are not
+expected in the generation (like empty ones): counted as ``rejected_docs`` and listed in
+``rejected_examples``, never ``missing`` (no command could ever make them present).
+
 With a repairer, each chunk is repaired as soon as it is diffed: extras and duplicates are
 deleted, and missing, stale, wrong-model, duplicated and corrupted ids are re-embedded.
 Every run is recorded as a :class:`~backfleet.db.models.Reconcile` row (the cutover gate).
@@ -44,8 +49,9 @@ from backfleet.embedding.base import Embedder
 from backfleet.embedding.identity import ModelIdentity
 from backfleet.errors import ConfigError
 from backfleet.logs import get_logger
-from backfleet.source import Doc, Source, SourceId, text_hash
+from backfleet.source import Doc, Source, SourceId, id_too_long, text_hash
 from backfleet.vectorstore import Generation
+from backfleet.vectorstore.generation import STR_ID_MAX
 
 log = get_logger("backfleet.reconciler")
 
@@ -96,6 +102,8 @@ class RangeReport:
     hi: str | None
     source_docs: int = 0
     empty_docs: int = 0
+    #: documents the pipeline dead-letters from the source alone (id too long, not UTF-8)
+    rejected_docs: int = 0
     generation_rows: int = 0
     missing: int = 0
     extra: int = 0
@@ -108,7 +116,7 @@ class RangeReport:
 
     @property
     def expected_rows(self) -> int:
-        return self.source_docs - self.empty_docs
+        return self.source_docs - self.empty_docs - self.rejected_docs
 
     @property
     def count_ok(self) -> bool:
@@ -156,6 +164,9 @@ class ReconcileReport:
     ids_per_second: float
     source_updated_max: str | None = None
     repair: dict[str, int] | None = None
+    rejected_docs: int = 0
+    #: a few of the ids counted in ``rejected_docs`` (each cut to 60 characters)
+    rejected_examples: list[str] = field(default_factory=list)
     reconcile_id: int | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -229,6 +240,7 @@ class Reconciler:
         self.rng = random.Random(seed)
         self.tag = generation.identity.tag
         self.updated_max: datetime | None = None
+        self.rejected_examples: list[str] = []
 
     # --- one range ------------------------------------------------------------------
 
@@ -276,18 +288,25 @@ class Reconciler:
         want: dict[SourceId, str] = {}
         texts: dict[SourceId, str] = {}
         empty: set[SourceId] = set()
+        rejected: list[SourceId] = []
         for d in docs:
             if d.updated_at is not None and (
                 self.updated_max is None or d.updated_at > self.updated_max
             ):
                 self.updated_max = d.updated_at
-            if _has_text(d):
+            if d.error is not None or id_too_long(d.id, STR_ID_MAX) is not None:
+                rejected.append(d.id)
+            elif _has_text(d):
                 assert d.text is not None
                 want[d.id] = text_hash(d.text)
                 texts[d.id] = d.text
             else:
                 empty.add(d.id)
         report.empty_docs += len(empty)
+        report.rejected_docs += len(rejected)
+        for rid in rejected[: max(0, EXAMPLES - len(self.rejected_examples))]:
+            text_id = str(rid)
+            self.rejected_examples.append(text_id if len(text_id) <= 60 else text_id[:60] + "…")
         seen: set[SourceId] = set()
         extra: list[SourceId] = []
         stale: list[SourceId] = []
@@ -437,7 +456,9 @@ def reconcile_migration(
         ranges=len(bounds),
         repair=repairer is not None,
     )
-    totals = dict.fromkeys(("source_docs", "empty_docs", "generation_rows", "sampled", *KINDS), 0)
+    totals = dict.fromkeys(
+        ("source_docs", "empty_docs", "rejected_docs", "generation_rows", "sampled", *KINDS), 0
+    )
     dirty: list[RangeReport] = []
     clean = True
     for seq, lo, hi in bounds:
@@ -469,11 +490,13 @@ def reconcile_migration(
         ),
         started_at=started,
         finished_at=finished,
+        rejected_examples=rec.rejected_examples,
         **totals,
     )
     details = report.to_dict()
     for key in ("clean", "generation", "migration_id", "started_at", "finished_at", *totals):
-        details.pop(key, None)
+        if key != "rejected_docs":  # no column of its own
+            details.pop(key, None)
     with db.session() as session:
         row = Reconcile(
             migration_id=migration.id,

@@ -35,8 +35,9 @@ from backfleet.errors import (
 from backfleet.limits import Throttle
 from backfleet.logs import get_logger
 from backfleet.readahead import ReadAhead
-from backfleet.source import Doc, Source, SourceId, text_hash
+from backfleet.source import Doc, Source, SourceId, id_too_long, text_hash
 from backfleet.vectorstore import Generation
+from backfleet.vectorstore.generation import STR_ID_MAX
 from workers.context import WorkerContext
 
 log = get_logger("backfleet.pipeline")
@@ -197,13 +198,26 @@ def embed_batch(
     """
     keep: list[Doc] = []
     dead: list[DeadDoc] = []
+    unusable: list[DeadDoc] = []
     for doc in docs:
-        if doc.text and not doc.text.isspace():
+        # a row that cannot be read (not UTF-8) or whose id the generation cannot hold
+        problem = doc.error or id_too_long(doc.id, STR_ID_MAX)
+        if problem is not None:
+            unusable.append(DeadDoc(str(doc.id), "rejected", problem))
+        elif doc.text and not doc.text.isspace():
             keep.append(doc)
         else:
             dead.append(DeadDoc(str(doc.id), "skipped", "empty text"))
     if dead:
         log.info("docs_skipped_empty", count=len(dead), first=dead[0].doc_id)
+    if unusable:
+        log.warning(
+            "docs_rejected_unusable",
+            count=len(unusable),
+            first=unusable[0].doc_id[:80],
+            reason=unusable[0].reason,
+        )
+        dead.extend(unusable)
     tokens = 0
     embedded = 0
     rejected: list[DeadDoc] = []

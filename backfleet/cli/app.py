@@ -146,6 +146,8 @@ def plan(
         print_json(console, asdict(report))
     else:
         console.print(plan_table(report))
+        for warning in report.warnings:
+            console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
         console.print(f"next: backfleet start --migration {report.migration_id}")
 
 

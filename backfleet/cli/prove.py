@@ -97,6 +97,12 @@ def reconcile_table(report: Any) -> Table:
     table.add_row("model", report.model)
     table.add_row("ranges", f"{report.ranges:,} ({len(report.dirty_ranges):,} not clean)")
     table.add_row("source documents", f"{report.source_docs:,} ({report.empty_docs:,} empty)")
+    if report.rejected_docs:  # id too long or not UTF-8: dead letters, not expected rows
+        table.add_row(
+            "rejected from the source",
+            f"{report.rejected_docs:,} (`backfleet dead-letters`; e.g. "
+            f"{', '.join(report.rejected_examples[:3])})",
+        )
     table.add_row("generation rows", f"{report.generation_rows:,}")
     for kind in _KINDS:
         table.add_row(kind.replace("_", " "), f"{getattr(report, kind):,}")

@@ -50,6 +50,8 @@ def plan_table(report: PlanReport) -> Table:
     table.add_row("estimated cost", f"${report.est_cost:,.2f}")
     table.add_row("estimated time at the rate limit", human_duration(report.est_minutes * 60))
     table.add_row("shadow collection size", human_bytes(report.shadow_bytes))
+    if report.long_ids:
+        table.add_row("ids too long for the generation", f"{report.long_ids:,} (dead letters)")
     return table
 
 

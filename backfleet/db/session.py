@@ -15,7 +15,9 @@ from backfleet.settings import redact_url
 
 
 def make_engine(url: str, *, what: str = "database_url", pool_size: int = 4) -> Engine:
-    """An engine with pre-ping; SQLite gets WAL and a busy timeout for the demo.
+    """An engine with pre-ping; SQLite gets WAL and a busy timeout for the demo; Postgres
+    talks UTF-8 (``client_encoding``), so bytes that are not UTF-8 in a ``SQL_ASCII``
+    database are refused by the server per statement (``backfleet.source`` isolates them).
 
     ``pool_size`` connections stay open, as many again may be opened under load.
     """
@@ -25,6 +27,10 @@ def make_engine(url: str, *, what: str = "database_url", pool_size: int = 4) -> 
     else:
         kwargs["pool_size"] = pool_size
         kwargs["max_overflow"] = pool_size
+    if url.startswith("postgresql") and "client_encoding" not in url:
+        # texts arrive as UTF-8 whatever the server's encoding; without it a SQL_ASCII
+        # database hands psycopg bytes and SQLAlchemy's first connect fails (issue 13)
+        kwargs["connect_args"] = {"client_encoding": "utf8"}
     try:
         engine = create_engine(url, **kwargs)
     except Exception as exc:  # bad URL or missing driver
@@ -40,8 +46,15 @@ def make_engine(url: str, *, what: str = "database_url", pool_size: int = 4) -> 
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
+            # TEXT that is not UTF-8 raises UnicodeDecodeError (a data error of one row), not
+            # the driver's OperationalError (which reads as an outage)
+            dbapi_conn.text_factory = _utf8_text
 
     return engine
+
+
+def _utf8_text(value: bytes) -> str:
+    return value.decode("utf-8")
 
 
 def check_reachable(engine: Engine, *, what: str = "database_url") -> None:
