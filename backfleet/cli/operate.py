@@ -260,8 +260,10 @@ def budget(
     from coordinator.status import migration_status
 
     st = migration_status(open_db(s), mid, s.alias, price_per_million=price)
-    cap = f"${st.budget_usd:,.2f}" if st.budget_usd is not None else "none"
-    console.print(f"migration {mid}: spent ${st.spent_usd:,.4f}, budget {cap}, state {st.state}")
+    from backfleet.cli.render import money
+
+    cap = money(st.budget_usd) if st.budget_usd is not None else "none"
+    console.print(f"migration {mid}: spent {money(st.spent_usd)}, budget {cap}, state {st.state}")
 
 
 def _target_label(mid: int) -> str:
