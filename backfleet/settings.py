@@ -13,7 +13,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, PrivateAttr, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -38,6 +46,9 @@ class ModelSettings(BaseModel):
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
     api_key_file: Path | None = None
+    #: false: the endpoint needs no key (a self-hosted TEI, vLLM, Ollama): none is read or
+    #: sent. Explicit only, and only with a base_url (the official API always needs one).
+    requires_api_key: bool = True
     send_dimensions: bool = False
     timeout_seconds: float = Field(default=30.0, gt=0)
     price_per_million_tokens: float = Field(default=0.0, ge=0)
@@ -47,13 +58,21 @@ class ModelSettings(BaseModel):
     oversize_policy: Literal["truncate", "reject"] = "truncate"
     _api_key: SecretStr | None = PrivateAttr(default=None)
 
+    @model_validator(mode="after")
+    def _keyless_needs_base_url(self) -> ModelSettings:
+        if not self.requires_api_key and self.provider == "openai" and not self.base_url:
+            raise ValueError(
+                "requires_api_key = false needs a base_url (the official OpenAI API needs a key)"
+            )
+        return self
+
     @property
     def api_key(self) -> SecretStr | None:
         return self._api_key
 
     def resolve_api_key(self, environ: dict[str, str]) -> None:
         """Load the key from the file or the named variable; never log or store it."""
-        if self.provider == "local":
+        if self.provider == "local" or not self.requires_api_key:
             return
         if self.api_key_file is not None:
             try:
@@ -356,6 +375,7 @@ dimension = 384
 # dimension = 1536
 # base_url = "https://api.openai.com/v1"   # or `backfleet fake-provider` to rehearse
 # api_key_env = "OPENAI_API_KEY"            # or api_key_file = "/run/secrets/openai"
+# requires_api_key = false                  # a self-hosted endpoint that needs no key
 # price_per_million_tokens = 0.02
 # max_inputs_per_request = 2048             # the provider's per-request limits
 # max_request_tokens = 300000

@@ -209,6 +209,12 @@ def fake_provider(
     rpm: int = typer.Option(3000, min=1, help="requests per minute enforced (429 above)"),
     tpm: int = typer.Option(1_000_000, min=1, help="tokens per minute enforced (429 above)"),
     latency_ms: float = typer.Option(0.0, min=0, help="added latency per request"),
+    latency_per_input_ms: float = typer.Option(
+        0.0, min=0, help="added latency per input (a slow model: time grows with the batch)"
+    ),
+    no_key: bool = typer.Option(
+        False, "--no-key", help="serve requests without an API key (like TEI, vLLM, Ollama)"
+    ),
     dimension: int = typer.Option(1536, min=2, help="vector size when a request names none"),
     error_rate: float = typer.Option(0.0, min=0, max=1, help="share of requests answered 503"),
     poison: list[str] = typer.Option([], help="inputs containing this text get a 400"),
@@ -230,6 +236,8 @@ def fake_provider(
             dimension=dimension,
             error_rate=error_rate,
             poison=list(poison) or None,
+            latency_per_input_ms=latency_per_input_ms,
+            require_key=not no_key,
         )
     except OSError as exc:
         raise ConfigError(
