@@ -40,6 +40,7 @@ from backfleet.errors import (
     ProviderRateLimited,
     ProviderRejected,
     ProviderRetryable,
+    ProviderTimeout,
 )
 from backfleet.settings import ModelSettings, redact_url
 
@@ -120,6 +121,8 @@ class OpenAIEmbedder:
         self.dimension = model.dimension
         self.metric = model.metric
         self.max_inputs = model.max_inputs_per_request
+        #: seconds one request may take (the SDK's timeout); requests are sized to fit it
+        self.timeout_seconds = model.timeout_seconds
         #: exact cl100k for OpenAI's embedding models, a billing-calibrated estimate otherwise
         self.token_counter = counter_for(self.provider, model.name)
         self._send_dimensions = model.send_dimensions
@@ -224,7 +227,10 @@ class OpenAIEmbedder:
     def _convert(self, exc: openai.APIError) -> Exception:
         if isinstance(exc, openai.APITimeoutError):
             log.info("provider_error", kind="timeout", model=self.name)
-            return ProviderRetryable(f"{self._what()} timed out")
+            return ProviderTimeout(
+                f"{self._what()} did not answer within {self.timeout_seconds:g} s",
+                hint=f"raise {self._where}.timeout_seconds or lower backfill.batch_size",
+            )
         if isinstance(exc, openai.APIConnectionError):
             log.info("provider_error", kind="connection", model=self.name)
             return ProviderRetryable(f"cannot reach {self._what()}")
