@@ -115,6 +115,9 @@ class BackfillSettings(BaseModel):
     queue: str = "backfleet"
     index_type: Literal["HNSW", "FLAT", "IVF_FLAT", "AUTOINDEX"] = "HNSW"
     avg_chars_per_token: float = Field(default=4.0, gt=0)
+    #: task slots of the whole fleet (workers × --concurrency): `plan` multiplies the
+    #: throughput it measures by this (at most one slot per range) to estimate the time
+    expected_concurrency: int = Field(default=2, gt=0)
 
 
 class ThrottleSettings(BaseModel):
@@ -341,6 +344,7 @@ index_type = "HNSW"
 # budget_usd = 50.0      # the fleet pauses before spend would exceed it (`backfleet budget`)
 reap_interval_seconds = 10   # `backfleet supervise`: how often it looks for lost work
 resend_after_seconds = 120   # re-send a pending range's task when its last one is this old
+expected_concurrency = 2     # task slots in the fleet (workers × --concurrency), for `plan`
 
 [throttle]
 rpm = 3000               # fleet-wide requests per minute

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -12,10 +11,12 @@ from backfleet.db.models import Migration, MigrationState, Range, RangeState
 from backfleet.db.session import Database
 from backfleet.embedding.base import Embedder
 from backfleet.errors import MigrationStateError, PlanError
+from backfleet.limits import Throttle
 from backfleet.logs import get_logger
 from backfleet.settings import Settings
 from backfleet.source import Source
 from backfleet.vectorstore import VectorStore, generation_name, parse_generation_name
+from coordinator.estimate import estimate
 from coordinator.lifecycle import ACTIVE_STATES
 
 log = get_logger("backfleet.planner")
@@ -37,6 +38,17 @@ class PlanReport:
     est_cost: float
     est_minutes: float
     shadow_bytes: int
+    #: how the estimate was made (coordinator/estimate.py)
+    est_tokens_method: str = ""
+    est_sample_docs: int = 0
+    est_minutes_rate_limit: float = 0.0
+    est_minutes_throughput: float | None = None
+    est_binding: str = ""
+    est_concurrency: int = 1
+    probe_requests: int = 0
+    probe_docs_per_request: int = 0
+    probe_docs_per_second: float | None = None
+    est_notes: tuple[str, ...] = ()
 
 
 def build_ranges(points: list[str | None]) -> list[tuple[str | None, str | None]]:
@@ -54,6 +66,8 @@ def plan_migration(
     *,
     model_label: str,
     actor: str,
+    probe: bool = True,
+    throttle: Throttle | None = None,
 ) -> PlanReport:
     """Create a ``planned`` migration with its ranges; Milvus is not touched yet."""
     alias = settings.alias
@@ -96,11 +110,18 @@ def plan_migration(
     ranges = build_ranges(list(points))
     number = store.next_generation_number(alias, taken)
     target = generation_name(alias, identity, number)
-    est_tokens = math.ceil(chars / cfg.avg_chars_per_token)
-    requests = math.ceil(docs / cfg.batch_size)
-    est_minutes = max(est_tokens / settings.throttle.tpm, requests / settings.throttle.rpm)
-    if model.provider == "local":
-        est_minutes = 0.0
+    est = estimate(
+        settings,
+        source,
+        embedder,
+        label=model_label,
+        docs=docs,
+        chars=chars,
+        ranges=len(ranges),
+        with_probe=probe,
+        throttle=throttle,
+    )
+    est_tokens = est.tokens
     est_cost = est_tokens / 1_000_000 * model.price_per_million_tokens
     shadow_bytes = docs * (identity.dimension * 4 + ROW_OVERHEAD_BYTES)
     now = utcnow()
@@ -169,6 +190,16 @@ def plan_migration(
         ranges=len(ranges),
         est_tokens=est_tokens,
         est_cost=est_cost,
-        est_minutes=est_minutes,
+        est_minutes=est.minutes,
         shadow_bytes=shadow_bytes,
+        est_tokens_method=est.tokens_method,
+        est_sample_docs=est.sample_docs,
+        est_minutes_rate_limit=est.minutes_rate_limit,
+        est_minutes_throughput=est.minutes_throughput,
+        est_binding=est.binding,
+        est_concurrency=est.concurrency,
+        probe_requests=est.probe.requests if est.probe else 0,
+        probe_docs_per_request=est.probe.docs_per_request if est.probe else 0,
+        probe_docs_per_second=est.probe.docs_per_second if est.probe else None,
+        est_notes=est.notes,
     )

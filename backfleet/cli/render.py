@@ -58,10 +58,31 @@ def plan_table(report: PlanReport) -> Table:
     table.add_row("model", report.model_tag)
     table.add_row("documents", f"{report.docs:,}")
     table.add_row("ranges", f"{report.ranges:,}")
-    table.add_row("estimated tokens", f"{report.est_tokens:,}")
+    how = f" ({report.est_tokens_method})" if report.est_tokens_method else ""
+    table.add_row("estimated tokens", f"{report.est_tokens:,}{how}")
     table.add_row("estimated cost", money(report.est_cost))
-    table.add_row("estimated time at the rate limit", human_duration(report.est_minutes * 60))
+    at_limit = human_duration(report.est_minutes_rate_limit * 60)
+    if report.model_tag.startswith("local:"):
+        at_limit += " (local models are not rate limited)"
+    table.add_row("time at the rate limit", at_limit)
+    if report.probe_docs_per_second is not None:
+        per = report.probe_docs_per_second
+        slots = report.est_concurrency
+        assert report.est_minutes_throughput is not None
+        table.add_row(
+            "measured throughput",
+            f"{per:,.1f} docs/s per request slot × {slots} slots = {per * slots:,.1f} docs/s "
+            f"({report.probe_requests} probe requests of up to "
+            f"{report.probe_docs_per_request} docs) → "
+            f"{human_duration(report.est_minutes_throughput * 60)}",
+        )
+    else:
+        table.add_row("measured throughput", "not probed")
+    bound = f" (bound by the {report.est_binding})" if report.est_binding else " (not measured)"
+    table.add_row("estimated time", human_duration(report.est_minutes * 60) + bound)
     table.add_row("shadow collection size", human_bytes(report.shadow_bytes))
+    for note in report.est_notes:
+        table.add_row("note", note)
     return table
 
 
