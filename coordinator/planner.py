@@ -11,7 +11,7 @@ from backfleet.db.models import Migration, MigrationState, Range, RangeState
 from backfleet.db.session import Database
 from backfleet.embedding.base import Embedder
 from backfleet.errors import MigrationStateError, PlanError
-from backfleet.limits import Throttle
+from backfleet.limits import Throttle, build_throttle
 from backfleet.logs import get_logger
 from backfleet.settings import Settings
 from backfleet.source import Source
@@ -119,7 +119,8 @@ def plan_migration(
         chars=chars,
         ranges=len(ranges),
         with_probe=probe,
-        throttle=throttle,
+        # the probe's requests count against the fleet's limit like the workers' own
+        throttle=throttle or (build_throttle(settings, model_label) if probe else None),
     )
     est_tokens = est.tokens
     est_cost = est_tokens / 1_000_000 * model.price_per_million_tokens

@@ -122,8 +122,6 @@ def plan(
     label = model or s.target_model
     embedder = embedder_for(s, label)
     db = open_db(s)
-    from backfleet.limits import build_throttle
-
     report = plan_migration(
         s,
         db,
@@ -133,7 +131,6 @@ def plan(
         model_label=label,
         actor=actor(),
         probe=not no_probe,
-        throttle=None if no_probe else build_throttle(s, label),
     )
     if json_out:
         print_json(console, asdict(report))
