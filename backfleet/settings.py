@@ -380,6 +380,7 @@ dimension = 384
 # base_url = "https://api.openai.com/v1"   # or `backfleet fake-provider` to rehearse
 # api_key_env = "OPENAI_API_KEY"            # or api_key_file = "/run/secrets/openai"
 # requires_api_key = false                  # a self-hosted endpoint that needs no key
+# timeout_seconds = 30                      # per request; slow models: docs/operations.md
 # price_per_million_tokens = 0.02
 # max_inputs_per_request = 2048             # the provider's per-request limits
 # max_request_tokens = 300000

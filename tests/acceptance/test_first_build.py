@@ -111,6 +111,9 @@ def test_first_build_of_an_alias_with_a_keyless_self_hosted_model(
     assert report["source_generation"] is None
     assert report["target_generation"] == f"{alias}__all_mpnet_base_v2_v1__g1"
     assert report["docs"] == DOCS and report["ranges"] == DOCS // 200
+    # estimated from a few real (keyless) requests and the tokens they were billed
+    assert report["probe_docs_per_second"] > 0 and report["est_binding"]
+    assert report["est_tokens_method"].startswith("billed by the provider")
     human = run(["status"], env, tmp_path)
     assert "(none) →" in human.stdout, human.stdout
 
