@@ -75,14 +75,21 @@ class Estimate:
     notes: tuple[str, ...] = ()
 
 
-def sample_texts(source: Source, docs: int, size: int = SAMPLE_DOCS) -> list[str]:
+def sample_texts(
+    source: Source, docs: int, size: int = SAMPLE_DOCS, split: list[str] | None = None
+) -> list[str]:
     """Up to ``size`` real texts spread over the id space (every text when the corpus is small):
-    the first few documents of each of :data:`STRATA` equal slices (keyset reads)."""
+    the first few documents of each of :data:`STRATA` equal slices (keyset reads). ``split``:
+    the plan's range bounds, used as the slices when there are enough of them."""
     if docs <= size:
         return [d.text or "" for b in source.iter_batches(None, None, None, 2000) for d in b]
     strata = min(STRATA, size)
     per = math.ceil(size / strata)
-    points = [Source.encode_id(p) for p in source.split_points(max(1, docs // strata))]
+    if split is not None and len(split) + 1 >= strata:  # no second quantile query
+        step = (len(split) + 1) / strata
+        points = [split[math.floor(i * step) - 1] for i in range(1, strata)]
+    else:
+        points = [Source.encode_id(p) for p in source.split_points(max(1, docs // strata))]
     bounds: list[str | None] = [None, *points, None]
     texts: list[str] = []
     for lo, hi in itertools.pairwise(bounds):
@@ -141,11 +148,12 @@ def estimate(
     ranges: int,
     with_probe: bool = True,
     throttle: Throttle | None = None,
+    split: list[str] | None = None,
 ) -> Estimate:
     """Tokens, time and what binds it, for migrating ``docs`` documents to ``label``."""
     cfg = settings.backfill
     model = settings.model(label)
-    texts = sample_texts(source, docs)
+    texts = sample_texts(source, docs, split=split)
     measured: Probe | None = None
     if with_probe:
         measured = probe(

@@ -118,6 +118,7 @@ def plan_migration(
         docs=docs,
         chars=chars,
         ranges=len(ranges),
+        split=points,
         with_probe=probe,
         # the probe's requests count against the fleet's limit like the workers' own
         throttle=throttle or (build_throttle(settings, model_label) if probe else None),

@@ -34,12 +34,12 @@ def pg_url() -> Iterator[str]:
         yield url
 
 
-def settings_for(pg_url: str, milvus_uri: str, **extra: object) -> Settings:
+def settings_for(pg_url: str, milvus_uri: str, range_size: int = 1000, **extra: object) -> Settings:
     return make_settings(
         pg_url=pg_url,
         redis_url=redis_db_url(15),
         milvus_uri=milvus_uri,
-        backfill=BackfillSettings(range_size=1000, batch_size=64, queue="bf_estimate"),
+        backfill=BackfillSettings(range_size=range_size, batch_size=64, queue="bf_estimate"),
         **extra,
     )
 
@@ -64,10 +64,11 @@ def exact_tokens(source: Source, count: Callable[[str], int]) -> int:
     )
 
 
+@pytest.mark.parametrize("range_size", [1000, 10])  # 10: 300 ranges give the sample slices
 def test_token_estimate_of_the_demo_corpus_is_within_5_percent(
-    pg_url: str, milvus_uri: str
+    pg_url: str, milvus_uri: str, range_size: int
 ) -> None:
-    settings = settings_for(pg_url, milvus_uri)
+    settings = settings_for(pg_url, milvus_uri, range_size)
     seed_source(make_engine(pg_url), 3000)  # the demo's corpus and model
     report, source = plan(settings, "local-v2", probe=False)
     exact = exact_tokens(source, embedder_for(settings, "local-v2").count_tokens)
