@@ -55,3 +55,30 @@ def test_plan_and_status_print_the_same_amount_the_same_way() -> None:
     )
     assert "$0.0034" in text_of(plan_table(report))
     assert "$0.0034" in text_of(status_table(st))
+
+
+def test_plan_table_says_what_binds_the_time() -> None:
+    report = PlanReport(
+        migration_id=2,
+        alias="docs",
+        source_generation="docs__a_v1__g1",
+        target_generation="docs__all_mpnet_base_v2__g2",
+        model_tag="openai:all-mpnet-base-v2@1/768#x",
+        docs=2000,
+        ranges=1,
+        est_tokens=400_000,
+        est_cost=0.0,
+        est_minutes=2000 / 6 / 60,
+        shadow_bytes=1000,
+        est_minutes_rate_limit=11 / 60,
+        est_minutes_throughput=2000 / 6 / 60,
+        est_binding="measured throughput",
+        est_concurrency=1,
+        probe_requests=3,
+        probe_docs_per_request=32,
+        probe_docs_per_second=6.0,
+    )
+    out = text_of(plan_table(report))
+    assert "time at the rate limit │ 11s" in out
+    assert "6.0 docs/s per request slot × 1 slots" in out
+    assert "5m 33s (bound by the measured throughput)" in out
