@@ -111,6 +111,10 @@ class ProviderRetryable(ProviderError, Retryable):
     """A provider failure worth retrying: 5xx, timeout, connection error."""
 
 
+class ProviderTimeout(ProviderRetryable):
+    """The provider did not answer within the request timeout (a smaller request may)."""
+
+
 class ProviderRateLimited(ProviderRetryable):
     """The provider answered 429; ``retry_after`` is its advice in seconds, if any."""
 

@@ -13,7 +13,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, PrivateAttr, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -38,6 +46,9 @@ class ModelSettings(BaseModel):
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
     api_key_file: Path | None = None
+    #: false: the endpoint needs no key (a self-hosted TEI, vLLM, Ollama): none is read or
+    #: sent. Explicit only, and only with a base_url (the official API always needs one).
+    requires_api_key: bool = True
     send_dimensions: bool = False
     timeout_seconds: float = Field(default=30.0, gt=0)
     price_per_million_tokens: float = Field(default=0.0, ge=0)
@@ -47,13 +58,21 @@ class ModelSettings(BaseModel):
     oversize_policy: Literal["truncate", "reject"] = "truncate"
     _api_key: SecretStr | None = PrivateAttr(default=None)
 
+    @model_validator(mode="after")
+    def _keyless_needs_base_url(self) -> ModelSettings:
+        if not self.requires_api_key and self.provider == "openai" and not self.base_url:
+            raise ValueError(
+                "requires_api_key = false needs a base_url (the official OpenAI API needs a key)"
+            )
+        return self
+
     @property
     def api_key(self) -> SecretStr | None:
         return self._api_key
 
     def resolve_api_key(self, environ: dict[str, str]) -> None:
         """Load the key from the file or the named variable; never log or store it."""
-        if self.provider == "local":
+        if self.provider == "local" or not self.requires_api_key:
             return
         if self.api_key_file is not None:
             try:
@@ -96,6 +115,9 @@ class BackfillSettings(BaseModel):
     queue: str = "backfleet"
     index_type: Literal["HNSW", "FLAT", "IVF_FLAT", "AUTOINDEX"] = "HNSW"
     avg_chars_per_token: float = Field(default=4.0, gt=0)
+    #: task slots of the whole fleet (workers × --concurrency): `plan` multiplies the
+    #: throughput it measures by this (at most one slot per range) to estimate the time
+    expected_concurrency: int = Field(default=2, gt=0)
 
 
 class ThrottleSettings(BaseModel):
@@ -341,6 +363,7 @@ index_type = "HNSW"
 # budget_usd = 50.0      # the fleet pauses before spend would exceed it (`backfleet budget`)
 reap_interval_seconds = 10   # `backfleet supervise`: how often it looks for lost work
 resend_after_seconds = 120   # re-send a pending range's task when its last one is this old
+expected_concurrency = 2     # task slots in the fleet (workers × --concurrency), for `plan`
 
 [throttle]
 rpm = 3000               # fleet-wide requests per minute
@@ -375,6 +398,8 @@ dimension = 384
 # dimension = 1536
 # base_url = "https://api.openai.com/v1"   # or `backfleet fake-provider` to rehearse
 # api_key_env = "OPENAI_API_KEY"            # or api_key_file = "/run/secrets/openai"
+# requires_api_key = false                  # a self-hosted endpoint that needs no key
+# timeout_seconds = 30                      # per request; slow models: docs/operations.md
 # price_per_million_tokens = 0.02
 # max_inputs_per_request = 2048             # the provider's per-request limits
 # max_request_tokens = 300000

@@ -126,6 +126,27 @@ def _check_shadow(store: VectorStore, m: Migration) -> None:
     store.open_for_model(m.target_generation, ModelIdentity.from_json(m.target_identity))
 
 
+def _predecessors(
+    session: Session, m: Migration, generation: str | None, state: str
+) -> list[Migration]:
+    """The other migrations of ``m``'s alias in ``state`` that built ``generation`` (locked)."""
+    if generation is None:
+        return []
+    return list(
+        session.execute(
+            select(Migration)
+            .where(
+                Migration.alias == m.alias,
+                Migration.id != m.id,
+                Migration.state == state,
+                Migration.target_generation == generation,
+            )
+            .order_by(Migration.id)
+            .with_for_update()
+        ).scalars()
+    )
+
+
 def _enter(
     session: Session,
     db: Database,
@@ -252,6 +273,16 @@ def full_cutover(
         transition(session, m, S.LIVE, actor=actor, reason=f"alias swap: {why}")
         m.canary_percent = 0.0
         m.cutover_at = utcnow()
+        superseded = _predecessors(session, m, before, S.LIVE)
+        for prev in superseded:
+            transition(
+                session,
+                prev,
+                S.SUPERSEDED,
+                actor=actor,
+                reason=f"alias {m.alias} moved on to {m.target_generation} (migration {m.id}); "
+                f"finalize of migration {m.id} drops {prev.target_generation}",
+            )
         record_event(
             session,
             m.id,
@@ -268,12 +299,9 @@ def full_cutover(
                 store.point_alias(m.alias, before)
             raise
     log.info("alias_swapped", migration=migration_id, alias=m.alias, to=m.target_generation)
-    return Outcome(
-        migration_id,
-        S.LIVE,
-        [f"alias {m.alias} → {m.target_generation} (was {before or 'nothing'})"],
-        forced,
-    )
+    messages = [f"alias {m.alias} → {m.target_generation} (was {before or 'nothing'})"]
+    messages += [f"migration {prev.id} is superseded" for prev in superseded]
+    return Outcome(migration_id, S.LIVE, messages, forced)
 
 
 def rollback(
@@ -309,6 +337,16 @@ def rollback(
             )
         assert m.source_generation is not None
         m.cutover_at = None
+        revived = _predecessors(session, m, m.source_generation, S.SUPERSEDED)
+        for prev in revived:
+            transition(
+                session,
+                prev,
+                S.LIVE,
+                actor=actor,
+                reason=f"migration {m.id} rolled back: alias {m.alias} is back on "
+                f"{prev.target_generation}",
+            )
         record_event(
             session,
             m.id,
@@ -325,7 +363,9 @@ def rollback(
             store.point_alias(m.alias, m.target_generation)
             raise
     log.info("rolled_back", migration=migration_id, alias=m.alias, to=m.source_generation)
-    return Outcome(m.id, S.ROLLED_BACK, [f"alias {m.alias} → {m.source_generation} again"])
+    messages = [f"alias {m.alias} → {m.source_generation} again"]
+    messages += [f"migration {prev.id} is live again" for prev in revived]
+    return Outcome(m.id, S.ROLLED_BACK, messages)
 
 
 def finalize(
@@ -341,6 +381,12 @@ def finalize(
     now = now or utcnow()
     with db.session() as session:
         m = _locked(session, migration_id)
+        if m.state == S.SUPERSEDED:
+            raise MigrationStateError(
+                f"migration {m.id} is superseded: the alias moved on to a later migration",
+                hint="finalize that migration (`backfleet status` names it); it drops "
+                f"{m.target_generation} and {m.source_generation or 'nothing else'}",
+            )
         if m.state != S.LIVE or m.cutover_at is None:
             raise MigrationStateError(
                 f"migration {m.id} is {m.state}; only a live migration (alias swapped) can be "
@@ -361,14 +407,31 @@ def finalize(
                 f"alias {m.alias!r} points at {live}, not migration {m.id}'s generation "
                 f"{m.target_generation}; finalize refused",
             )
-        old = m.source_generation
-        if old is None or not store.has(old):
-            note = "no old generation to drop"
-        elif not store.is_generation(old):
-            note = f"kept {old}: not a backfleet generation"
-        else:
-            store.drop(old)
-            note = f"dropped {old}"
+        notes = [_drop_old(store, m.source_generation, live)]
+        # migrations superseded on the way left their own old generations: drop them too
+        seen = {m.id}
+        chain = _predecessors(session, m, m.source_generation, S.SUPERSEDED)
+        while chain:
+            prev = chain.pop(0)
+            if prev.id in seen:
+                continue
+            seen.add(prev.id)
+            if prev.source_generation is not None:
+                notes.append(_drop_old(store, prev.source_generation, live))
+                chain += _predecessors(session, prev, prev.source_generation, S.SUPERSEDED)
+        note = "; ".join(notes)
         transition(session, m, S.FINALIZED, actor=actor, reason=note)
     log.info("migration_finalized", migration=migration_id, note=note)
     return Outcome(migration_id, S.FINALIZED, [note])
+
+
+def _drop_old(store: VectorStore, old: str | None, live: str | None) -> str:
+    """Drop an old generation if it exists, backfleet owns it and the alias is elsewhere."""
+    if old is None or not store.has(old):
+        return "no old generation to drop" if old is None else f"{old} already gone"
+    if old == live:
+        return f"kept {old}: the alias serves it"
+    if not store.is_generation(old):
+        return f"kept {old}: not a backfleet generation"
+    store.drop(old)
+    return f"dropped {old}"

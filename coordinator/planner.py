@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
@@ -12,11 +11,13 @@ from backfleet.db.models import Migration, MigrationState, Range, RangeState
 from backfleet.db.session import Database
 from backfleet.embedding.base import Embedder
 from backfleet.errors import MigrationStateError, PlanError
+from backfleet.limits import Throttle, build_throttle
 from backfleet.logs import get_logger
 from backfleet.settings import Settings
 from backfleet.source import Source
 from backfleet.vectorstore import VectorStore, generation_name, parse_generation_name
 from backfleet.vectorstore.generation import STR_ID_MAX
+from coordinator.estimate import estimate
 from coordinator.lifecycle import ACTIVE_STATES
 
 log = get_logger("backfleet.planner")
@@ -81,6 +82,17 @@ class PlanReport:
     long_id_examples: list[str] = field(default_factory=list)
     #: what the operator should know before starting (long ids, the source's encoding)
     warnings: list[str] = field(default_factory=list)
+    #: how the estimate was made (coordinator/estimate.py)
+    est_tokens_method: str = ""
+    est_sample_docs: int = 0
+    est_minutes_rate_limit: float = 0.0
+    est_minutes_throughput: float | None = None
+    est_binding: str = ""
+    est_concurrency: int = 1
+    probe_requests: int = 0
+    probe_docs_per_request: int = 0
+    probe_docs_per_second: float | None = None
+    est_notes: tuple[str, ...] = ()
 
 
 def build_ranges(points: list[str | None]) -> list[tuple[str | None, str | None]]:
@@ -98,6 +110,8 @@ def plan_migration(
     *,
     model_label: str,
     actor: str,
+    probe: bool = True,
+    throttle: Throttle | None = None,
 ) -> PlanReport:
     """Create a ``planned`` migration with its ranges; Milvus is not touched yet."""
     alias = settings.alias
@@ -141,11 +155,20 @@ def plan_migration(
     ranges = build_ranges(list(points))
     number = store.next_generation_number(alias, taken)
     target = generation_name(alias, identity, number)
-    est_tokens = math.ceil(chars / cfg.avg_chars_per_token)
-    requests = math.ceil(docs / cfg.batch_size)
-    est_minutes = max(est_tokens / settings.throttle.tpm, requests / settings.throttle.rpm)
-    if model.provider == "local":
-        est_minutes = 0.0
+    est = estimate(
+        settings,
+        source,
+        embedder,
+        label=model_label,
+        docs=docs,
+        chars=chars,
+        ranges=len(ranges),
+        split=points,
+        with_probe=probe,
+        # the probe's requests count against the fleet's limit like the workers' own
+        throttle=throttle or (build_throttle(settings, model_label) if probe else None),
+    )
+    est_tokens = est.tokens
     est_cost = est_tokens / 1_000_000 * model.price_per_million_tokens
     shadow_bytes = docs * (identity.dimension * 4 + ROW_OVERHEAD_BYTES)
     now = utcnow()
@@ -214,9 +237,19 @@ def plan_migration(
         ranges=len(ranges),
         est_tokens=est_tokens,
         est_cost=est_cost,
-        est_minutes=est_minutes,
+        est_minutes=est.minutes,
         shadow_bytes=shadow_bytes,
         long_ids=long_ids,
         long_id_examples=long_examples,
         warnings=warnings,
+        est_tokens_method=est.tokens_method,
+        est_sample_docs=est.sample_docs,
+        est_minutes_rate_limit=est.minutes_rate_limit,
+        est_minutes_throughput=est.minutes_throughput,
+        est_binding=est.binding,
+        est_concurrency=est.concurrency,
+        probe_requests=est.probe.requests if est.probe else 0,
+        probe_docs_per_request=est.probe.docs_per_request if est.probe else 0,
+        probe_docs_per_second=est.probe.docs_per_second if est.probe else None,
+        est_notes=est.notes,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,12 +24,14 @@ from backfleet.embedding.base import Embedder, EmbedResult, Matrix, validate_vec
 from backfleet.embedding.identity import ModelIdentity
 from backfleet.embedding.packing import OversizePolicy, PackLimits, pack
 from backfleet.embedding.retry import call_provider
+from backfleet.embedding.sizing import sizer_for
 from backfleet.errors import (
     BackfleetError,
     InvalidEmbedding,
     LeaseLost,
     ModelMismatch,
     ProviderRejected,
+    ProviderTimeout,
     ServiceUnavailable,
     VectorStoreUnavailable,
 )
@@ -224,18 +227,39 @@ def embed_batch(
     errors: list[BackfleetError] = []
     parts: list[EmbeddedPart] = []
 
+    sizer = sizer_for(embedder.identity.tag, getattr(embedder, "timeout_seconds", None))
+
     def run(part: list[tuple[Doc, str]]) -> None:
         nonlocal tokens, embedded
+        if (step := sizer.limit(len(part))) < len(part):  # a slow model: smaller requests
+            for start in range(0, len(part), step):
+                run(part[start : start + step])
+            return
         texts = [t for _, t in part]
         result: EmbedResult | None = None
         failure: BackfleetError | None = None
         for _ in range(SINGLE_DOC_TRIES if len(part) == 1 else 1):
             try:
+                started = time.monotonic()
                 result = call_provider(
-                    embedder, throttle, texts, max_attempts=max_attempts, max_wait=max_wait
+                    embedder,
+                    throttle,
+                    texts,
+                    max_attempts=max_attempts,
+                    max_wait=max_wait,
+                    split_timeouts=len(part) > 1,
                 )
+                sizer.succeeded(len(part), time.monotonic() - started)
                 validate_vectors(result.vectors, len(texts), embedder.identity.dimension)
                 break
+            except ProviderTimeout:
+                if len(part) == 1:
+                    raise
+                sizer.timed_out(len(part))  # too slow for one request: split it
+                mid = len(part) // 2
+                run(part[:mid])
+                run(part[mid:])
+                return
             except InvalidEmbedding as exc:
                 result, failure = None, exc
                 if exc.bad_indexes and len(part) > 1:  # the response names the bad inputs

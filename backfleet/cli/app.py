@@ -126,8 +126,14 @@ def plan(
         None, help="model label to migrate to (default: target_model)"
     ),
     json_out: bool = typer.Option(False, "--json", help="print JSON"),
+    no_probe: bool = typer.Option(
+        False, "--no-probe", help="send no sample requests: time from the rate limit only"
+    ),
 ) -> None:
-    """Plan a migration of the alias to a model: ranges and estimates (cost, time, size)."""
+    """Plan a migration of the alias to a model: ranges and estimates (cost, time, size).
+
+    Tokens are counted on a sample of real documents with the model's counter; a few real
+    requests measure the provider's throughput (unless --no-probe)."""
     from dataclasses import asdict
 
     from backfleet.cli.render import plan_table, print_json
@@ -140,7 +146,14 @@ def plan(
     embedder = embedder_for(s, label)
     db = open_db(s)
     report = plan_migration(
-        s, db, open_store(s), open_source(s), embedder, model_label=label, actor=actor()
+        s,
+        db,
+        open_store(s),
+        open_source(s),
+        embedder,
+        model_label=label,
+        actor=actor(),
+        probe=not no_probe,
     )
     if json_out:
         print_json(console, asdict(report))

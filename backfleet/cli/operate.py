@@ -210,6 +210,12 @@ def fake_provider(
     rpm: int = typer.Option(3000, min=1, help="requests per minute enforced (429 above)"),
     tpm: int = typer.Option(1_000_000, min=1, help="tokens per minute enforced (429 above)"),
     latency_ms: float = typer.Option(0.0, min=0, help="added latency per request"),
+    latency_per_input_ms: float = typer.Option(
+        0.0, min=0, help="added latency per input (a slow model: time grows with the batch)"
+    ),
+    no_key: bool = typer.Option(
+        False, "--no-key", help="serve requests without an API key (like TEI, vLLM, Ollama)"
+    ),
     dimension: int = typer.Option(1536, min=2, help="vector size when a request names none"),
     error_rate: float = typer.Option(0.0, min=0, max=1, help="share of requests answered 503"),
     poison: list[str] = typer.Option([], help="inputs containing this text get a 400"),
@@ -231,6 +237,8 @@ def fake_provider(
             dimension=dimension,
             error_rate=error_rate,
             poison=list(poison) or None,
+            latency_per_input_ms=latency_per_input_ms,
+            require_key=not no_key,
         )
     except OSError as exc:
         raise ConfigError(
@@ -261,8 +269,10 @@ def budget(
     from coordinator.status import migration_status
 
     st = migration_status(open_db(s), mid, s.alias, price_per_million=price)
-    cap = f"${st.budget_usd:,.2f}" if st.budget_usd is not None else "none"
-    console.print(f"migration {mid}: spent ${st.spent_usd:,.4f}, budget {cap}, state {st.state}")
+    from backfleet.cli.render import money
+
+    cap = money(st.budget_usd) if st.budget_usd is not None else "none"
+    console.print(f"migration {mid}: spent {money(st.spent_usd)}, budget {cap}, state {st.state}")
 
 
 def _target_label(mid: int) -> str:

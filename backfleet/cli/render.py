@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from rich.console import Console
@@ -17,6 +18,17 @@ def human_bytes(n: float) -> str:
             return f"{n:,.1f} {unit}"
         n /= 1024
     return f"{n:,.1f} TiB"
+
+
+def money(usd: float) -> str:
+    """USD with one precision everywhere: 2 decimals from $1, 4 below (more for a nonzero
+    amount that 4 decimals would show as zero)."""
+    if usd == 0:
+        return "$0.00"
+    if abs(usd) >= 1:
+        return f"${usd:,.2f}"
+    decimals = max(4, -math.floor(math.log10(abs(usd))))
+    return f"${usd:,.{decimals}f}"
 
 
 def human_duration(seconds: float | None) -> str:
@@ -46,12 +58,33 @@ def plan_table(report: PlanReport) -> Table:
     table.add_row("model", report.model_tag)
     table.add_row("documents", f"{report.docs:,}")
     table.add_row("ranges", f"{report.ranges:,}")
-    table.add_row("estimated tokens", f"{report.est_tokens:,}")
-    table.add_row("estimated cost", f"${report.est_cost:,.2f}")
-    table.add_row("estimated time at the rate limit", human_duration(report.est_minutes * 60))
+    how = f" ({report.est_tokens_method})" if report.est_tokens_method else ""
+    table.add_row("estimated tokens", f"{report.est_tokens:,}{how}")
+    table.add_row("estimated cost", money(report.est_cost))
+    at_limit = human_duration(report.est_minutes_rate_limit * 60)
+    if report.model_tag.startswith("local:"):
+        at_limit += " (local models are not rate limited)"
+    table.add_row("time at the rate limit", at_limit)
+    if report.probe_docs_per_second is not None:
+        per = report.probe_docs_per_second
+        slots = report.est_concurrency
+        assert report.est_minutes_throughput is not None
+        table.add_row(
+            "measured throughput",
+            f"{per:,.1f} docs/s per request slot × {slots} slots = {per * slots:,.1f} docs/s "
+            f"({report.probe_requests} probe requests of up to "
+            f"{report.probe_docs_per_request} docs) → "
+            f"{human_duration(report.est_minutes_throughput * 60)}",
+        )
+    else:
+        table.add_row("measured throughput", "not probed")
+    bound = f" (bound by the {report.est_binding})" if report.est_binding else " (not measured)"
+    table.add_row("estimated time", human_duration(report.est_minutes * 60) + bound)
     table.add_row("shadow collection size", human_bytes(report.shadow_bytes))
     if report.long_ids:
         table.add_row("ids too long for the generation", f"{report.long_ids:,} (dead letters)")
+    for note in report.est_notes:
+        table.add_row("note", note)
     return table
 
 
@@ -69,11 +102,11 @@ def status_table(st: MigrationStatus) -> Table:
     table.add_row("elapsed", human_duration(st.elapsed_seconds))
     table.add_row("ETA", human_duration(st.eta_seconds))
     if st.price_per_million_tokens or st.budget_usd:
-        spend = f"${st.spent_usd:,.4f}"
+        spend = money(st.spent_usd)
         if st.projected_usd is not None:
-            spend += f", projected ${st.projected_usd:,.4f} at completion"
+            spend += f", projected {money(st.projected_usd)} at completion"
         if st.budget_usd is not None:
-            spend += f" (budget ${st.budget_usd:,.2f})"
+            spend += f" (budget {money(st.budget_usd)})"
         table.add_row("spend", spend)
     if st.dead_letters:
         table.add_row(

@@ -38,6 +38,9 @@ class MigrationState:
     PAUSED = "paused"
     ROLLED_BACK = "rolled_back"
     CANCELLED = "cancelled"
+    #: was live; a later migration of the alias cut over from its generation (terminal,
+    #: unless that migration is rolled back: then live again)
+    SUPERSEDED = "superseded"
 
 
 class RangeState:

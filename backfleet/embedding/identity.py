@@ -40,9 +40,28 @@ class ModelIdentity:
 
     @property
     def slug(self) -> str:
-        """A Milvus-safe name part, e.g. ``hash_ngrams_v2``."""
-        raw = f"{self.name}_v{self.version}".lower()
-        return re.sub(r"[^a-z0-9]+", "_", raw).strip("_")[:80]
+        """A Milvus-safe name part naming the model once, e.g. ``hash_ngrams_v2``.
+
+        ``name_v<version>``, except: a hub prefix (``org/``) is dropped; a version already
+        in the name, or a version that holds the whole name, is not repeated
+        (``mpnet-base`` @ ``all-mpnet-base-v2`` → ``all_mpnet_base_v2``). Longer than
+        :data:`SLUG_MAX` characters, it is cut and ends with a hash of the whole.
+        """
+        name = _words(self.name.rsplit("/", 1)[-1])
+        version = _words(self.version)
+        bare = version[1:] if re.fullmatch(r"v\d.*", version) else version
+        numeric = bare.replace("_", "").isdigit()  # "3" in "text_embedding_3" is no version
+        if not version or _contains(name, f"v{bare}") or (_contains(name, version) and not numeric):
+            slug = name
+        elif _contains(version, name):
+            slug = version
+        else:
+            slug = f"{name}_v{bare}" if name else f"v{bare}"
+        slug = slug or "model"
+        if len(slug) > SLUG_MAX:
+            digest = hashlib.sha256(f"{self.name}\0{self.version}".encode()).hexdigest()[:8]
+            slug = f"{slug[: SLUG_MAX - 9].rstrip('_')}_{digest}"
+        return slug
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -77,6 +96,20 @@ class ModelIdentity:
             hint="use the model configuration the generation was built with, "
             "or plan a new migration",
         )
+
+
+#: The longest model slug in a generation name (``<alias>__<slug>__g<N>``).
+SLUG_MAX = 48
+
+
+def _words(text: str) -> str:
+    """Lower-case words of ``text`` joined by ``_`` (a Milvus-safe name part)."""
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+def _contains(outer: str, inner: str) -> bool:
+    """Whether the ``_``-words of ``inner`` occur, in order and whole, within ``outer``."""
+    return f"_{inner}_" in f"_{outer}_"
 
 
 def fingerprint_vectors(rows: list[list[float]]) -> str:

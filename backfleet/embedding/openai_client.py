@@ -40,6 +40,7 @@ from backfleet.errors import (
     ProviderRateLimited,
     ProviderRejected,
     ProviderRetryable,
+    ProviderTimeout,
 )
 from backfleet.settings import ModelSettings, redact_url
 
@@ -103,7 +104,8 @@ class OpenAIEmbedder:
     def __init__(self, model: ModelSettings, *, label: str | None = None) -> None:
         where = f"models.{label or '<label>'}"
         key = model.api_key
-        if key is None or not key.get_secret_value():
+        keyless = not model.requires_api_key
+        if not keyless and (key is None or not key.get_secret_value()):
             source = (
                 f"the file {model.api_key_file} is empty"
                 if model.api_key_file is not None
@@ -111,23 +113,28 @@ class OpenAIEmbedder:
             )
             raise ConfigError(
                 f"no API key for model {model.name!r}: {source}",
-                hint=f"set {model.api_key_env} or {where}.api_key_env / {where}.api_key_file",
+                hint=f"set {model.api_key_env} or {where}.api_key_env / {where}.api_key_file; "
+                f"an endpoint that needs no key: {where}.requires_api_key = false",
             )
         self.name = model.name
         self.version = model.version
         self.dimension = model.dimension
         self.metric = model.metric
         self.max_inputs = model.max_inputs_per_request
+        #: seconds one request may take (the SDK's timeout); requests are sized to fit it
+        self.timeout_seconds = model.timeout_seconds
         #: exact cl100k for OpenAI's embedding models, a billing-calibrated estimate otherwise
         self.token_counter = counter_for(self.provider, model.name)
         self._send_dimensions = model.send_dimensions
         self._base_url = model.base_url or DEFAULT_BASE_URL
         self._public_url = redact_url(self._base_url)
         self._where = where
-        self._key = key  # a SecretStr: its repr and str are masked
+        self._key = None if keyless else key  # a SecretStr: its repr and str are masked
+        #: keyless: the SDK wants some key, but no Authorization header is ever sent
+        self._auth: dict[str, Any] = {"Authorization": openai.Omit()} if keyless else {}
         self._client = openai.OpenAI(
             base_url=self._base_url,
-            api_key=key.get_secret_value(),
+            api_key=key.get_secret_value() if key is not None and not keyless else "no-key",
             max_retries=0,
             timeout=model.timeout_seconds,
         )
@@ -170,7 +177,11 @@ class OpenAIEmbedder:
         extra: dict[str, Any] = {"dimensions": self.dimension} if self._send_dimensions else {}
         try:
             raw = self._client.embeddings.with_raw_response.create(
-                model=self.name, input=texts, encoding_format="float", **extra
+                model=self.name,
+                input=texts,
+                encoding_format="float",
+                extra_headers=self._auth or None,
+                **extra,
             )
             status = raw.status_code
             headers = {k.lower(): v for k, v in raw.headers.items()}
@@ -198,7 +209,8 @@ class OpenAIEmbedder:
         return f"{self._public_url} (model {self.name!r})"
 
     def _redact(self, text: str) -> str:
-        text = text.replace(self._key.get_secret_value(), "***")
+        if self._key is not None:
+            text = text.replace(self._key.get_secret_value(), "***")
         text = _KEY_LIKE_RE.sub(lambda m: f"{m.group(1)}***", text)
         return text[:_MAX_DETAIL]
 
@@ -215,7 +227,10 @@ class OpenAIEmbedder:
     def _convert(self, exc: openai.APIError) -> Exception:
         if isinstance(exc, openai.APITimeoutError):
             log.info("provider_error", kind="timeout", model=self.name)
-            return ProviderRetryable(f"{self._what()} timed out")
+            return ProviderTimeout(
+                f"{self._what()} did not answer within {self.timeout_seconds:g} s",
+                hint=f"raise {self._where}.timeout_seconds or lower backfill.batch_size",
+            )
         if isinstance(exc, openai.APIConnectionError):
             log.info("provider_error", kind="connection", model=self.name)
             return ProviderRetryable(f"cannot reach {self._what()}")

@@ -14,12 +14,17 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import structlog
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_exponential_jitter
 
 from backfleet import metrics
 from backfleet.embedding.base import Embedder, EmbedResult
-from backfleet.errors import BackfleetError, ProviderRateLimited, ProviderRetryable
+from backfleet.errors import (
+    BackfleetError,
+    ProviderRateLimited,
+    ProviderRetryable,
+    ProviderTimeout,
+)
 from backfleet.throttle import Throttle
 
 T = TypeVar("T")
@@ -64,17 +69,21 @@ def call_with_retries(
     max_wait: float = 60.0,
     base_wait: float = 0.5,
     sleep: Callable[[float], None] = time.sleep,
+    dont_retry: tuple[type[BaseException], ...] = (),
 ) -> T:
     """Call ``fn`` (one provider call) until it succeeds, retrying only retryable errors.
 
     ``max_attempts`` counts calls, the first one included. ``base_wait`` is the first
     backoff (doubled each attempt, plus up to ``base_wait`` of jitter). ``sleep`` is
-    injectable for tests.
+    injectable for tests. ``dont_retry`` names retryable errors raised at once instead (the
+    caller handles them, e.g. splits a request that timed out).
     """
     if max_attempts < 1:
         raise ValueError("max_attempts must be >= 1")
     retrying = Retrying(
-        retry=retry_if_exception_type(ProviderRetryable),
+        retry=retry_if_exception(
+            lambda exc: isinstance(exc, ProviderRetryable) and not isinstance(exc, dont_retry)
+        ),
         stop=stop_after_attempt(max_attempts),
         wait=_Wait(base_wait, max_wait),
         before_sleep=_log_retry,
@@ -91,9 +100,11 @@ def call_provider(
     *,
     max_attempts: int = 6,
     max_wait: float = 60.0,
+    split_timeouts: bool = False,
 ) -> EmbedResult:
     """One provider call under the fleet-wide limiter, retried by tenacity on Retryable,
-    with its metrics: what the backfill, re-embeds and dual writes all send through."""
+    with its metrics: what the backfill, re-embeds and dual writes all send through.
+    ``split_timeouts``: a timeout is raised at once (the caller splits the request)."""
     tokens = sum(embedder.count_tokens(t) for t in texts) if throttle.counts_tokens else 0
     ident = embedder.identity
     labels = (ident.provider, ident.name)
@@ -120,4 +131,9 @@ def call_provider(
         throttle.report_success()
         return result
 
-    return call_with_retries(attempt, max_attempts=max_attempts, max_wait=max_wait)
+    return call_with_retries(
+        attempt,
+        max_attempts=max_attempts,
+        max_wait=max_wait,
+        dont_retry=(ProviderTimeout,) if split_timeouts else (),
+    )

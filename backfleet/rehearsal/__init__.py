@@ -30,8 +30,10 @@ time until the window is empty again, written like OpenAI (``"1.5s"``, ``"6m0s"`
 
 Faults (``POST /admin/faults``, or at start)
 --------------------------------------------
-``{"latency_ms": 0, "probability": {"503": 0.1}, "next": {"429": 3}, "poison": ["POISON"],
-"timeout_seconds": 30, "retry_after_seconds": 1, "clear": false}``. Kinds: ``FAULT_KINDS``.
+``{"latency_ms": 0, "latency_per_input_ms": 0, "probability": {"503": 0.1}, "next": {"429": 3},
+"poison": ["POISON"], "timeout_seconds": 30, "retry_after_seconds": 1, "clear": false}``.
+Kinds: ``FAULT_KINDS``. ``latency_per_input_ms`` is added per input (a slow self-hosted model).
+Started with ``require_key=False`` (``--no-key``) requests need no Authorization header.
 ``probability`` replaces the whole map; ``next`` sets the pending count of the kinds it names
 (pending counts are used before probabilities, in ``FAULT_KINDS`` order); ``clear`` resets all
 faults before applying the rest. An injected 429 is answered before admission (not counted);

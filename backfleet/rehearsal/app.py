@@ -73,6 +73,8 @@ class Stats:
     injected_429: int = 0
     tokens_accepted: int = 0
     unauthorized: int = 0
+    #: requests that came without an Authorization header (accepted when no key is required)
+    keyless: int = 0
     bad_requests: int = 0
     poisoned: int = 0
     faults: dict[str, int] = field(default_factory=dict)
@@ -91,7 +93,10 @@ class RehearsalApp:
         faults: Json | None = None,
         seed: int = 0,
         clock: Callable[[], float] = time.monotonic,
+        require_key: bool = True,
     ) -> None:
+        #: False: a request without a bearer token is served (TEI, vLLM, Ollama need none)
+        self.require_key = require_key
         self.window = SlidingWindow(rpm, tpm, window_seconds, clock)
         self.default_dimension = default_dimension
         self.faults = Faults()
@@ -117,6 +122,7 @@ class RehearsalApp:
                 "injected_429": s.injected_429,
                 "tokens_accepted": s.tokens_accepted,
                 "unauthorized": s.unauthorized,
+                "keyless": s.keyless,
                 "bad_requests": s.bad_requests,
                 "poisoned": s.poisoned,
                 "faults": dict(s.faults),
@@ -163,7 +169,10 @@ class RehearsalApp:
         with self._lock:
             self.stats.requests += 1
         scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        if authorization is None and not self.require_key:
+            with self._lock:
+                self.stats.keyless += 1
+        elif scheme.lower() != "bearer" or not token.strip():
             with self._lock:
                 self.stats.unauthorized += 1
             return error_response(
@@ -177,7 +186,9 @@ class RehearsalApp:
             return error_response(400, str(exc), "invalid_request_error")
         tokens = sum(count_tokens(t, model) for t in texts)
         with self._lock:
-            latency = self.faults.latency_ms / 1000.0
+            latency = (
+                self.faults.latency_ms + self.faults.latency_per_input_ms * len(texts)
+            ) / 1000.0
             poisoned = [i for i, t in enumerate(texts) if any(p in t for p in self.faults.poison)]
             if poisoned:
                 self.stats.poisoned += 1

@@ -29,6 +29,8 @@ class Faults:
     """Injected latency and failures; the JSON shape is in the package docstring."""
 
     latency_ms: float = 0.0
+    #: added per input of a request (a slow self-hosted model: time grows with the batch)
+    latency_per_input_ms: float = 0.0
     probability: dict[str, float] = field(default_factory=dict)
     next: dict[str, int] = field(default_factory=dict)
     poison: list[str] = field(default_factory=list)
@@ -39,6 +41,7 @@ class Faults:
         """Apply an admin body; raises :class:`BadRequest` and changes nothing if invalid."""
         unknown = set(data) - {
             "latency_ms",
+            "latency_per_input_ms",
             "probability",
             "next",
             "poison",
@@ -49,7 +52,7 @@ class Faults:
         if unknown:
             raise BadRequest(f"unknown fault settings: {', '.join(sorted(unknown))}")
         new = Faults() if data.get("clear") else Faults(**self.to_json())
-        for key in ("latency_ms", "timeout_seconds", "retry_after_seconds"):
+        for key in ("latency_ms", "latency_per_input_ms", "timeout_seconds", "retry_after_seconds"):
             if key in data:
                 setattr(new, key, _non_negative(data[key], key))
         if "probability" in data:
@@ -83,6 +86,7 @@ class Faults:
     def to_json(self) -> Json:
         return {
             "latency_ms": self.latency_ms,
+            "latency_per_input_ms": self.latency_per_input_ms,
             "probability": dict(self.probability),
             "next": {k: v for k, v in self.next.items() if v > 0},
             "poison": list(self.poison),

@@ -126,6 +126,7 @@ class RehearsalServer:
         default_dimension: int = DEFAULT_DIMENSION,
         faults: Json | None = None,
         seed: int = 0,
+        require_key: bool = True,
     ) -> None:
         initial = dict(faults or {})
         if latency_ms:
@@ -137,6 +138,7 @@ class RehearsalServer:
             default_dimension=default_dimension,
             faults=initial,
             seed=seed,
+            require_key=require_key,
         )
         self._host = host
         self._port = port
@@ -217,6 +219,8 @@ def serve(
     poison: list[str] | None = None,
     faults: Json | None = None,
     seed: int = 0,
+    latency_per_input_ms: float = 0.0,
+    require_key: bool = True,
 ) -> None:
     """Serve the rehearsal provider until interrupted (``backfleet fake-provider``).
 
@@ -228,6 +232,8 @@ def serve(
         initial["probability"] = {"503": error_rate}
     if poison:
         initial["poison"] = poison
+    if latency_per_input_ms:
+        initial["latency_per_input_ms"] = latency_per_input_ms
     initial.update(faults or {})
     server = RehearsalServer(
         host,
@@ -239,6 +245,7 @@ def serve(
         default_dimension=dimension,
         faults=initial,
         seed=seed,
+        require_key=require_key,
     )
     server.start()
     try:

@@ -21,7 +21,7 @@ from backfleet.embedding.factory import embedder_for
 from backfleet.errors import GateClosed, MigrationStateError, NotFound
 from backfleet.limits import NullThrottle
 from backfleet.router import in_canary
-from backfleet.settings import CutoverSettings, Settings
+from backfleet.settings import CutoverSettings, ModelSettings, Settings
 from backfleet.source import Source
 from backfleet.vectorstore import Generation, VectorStore, generation_name
 from coordinator.cutover import finalize, full_cutover, rollback, set_canary
@@ -367,4 +367,102 @@ def test_rollback_with_no_previous_generation(pg_url: str, milvus_uri: str) -> N
         rollback(env.db, env.store, env.migration_id, actor="t")
     assert state(env)[0] == MigrationState.LIVE
     assert env.store.resolve_alias(env.settings.alias) == env.shadow.name
+    env.store.close()
+
+
+def add_eval_for(env: Env, migration_id: int) -> None:
+    with env.db.session() as session:
+        session.add(
+            Evaluation(
+                migration_id=migration_id,
+                golden="test",
+                queries=3,
+                verdict="GO",
+                metrics={"reasons": []},
+                created_at=utcnow(),
+            )
+        )
+
+
+def migration_state(env: Env, migration_id: int) -> str:
+    return load_migration(env.db, migration_id).state
+
+
+def test_two_migrations_in_a_row_supersede_rollback_and_finalize(
+    pg_url: str, milvus_uri: str
+) -> None:
+    """Migration 2's cutover supersedes migration 1 (live until then); rolling migration 2
+    back makes migration 1 live again; finalizing migration 2 drops both old generations."""
+    env = build(pg_url, milvus_uri)
+    assert reconcile(env)
+    add_eval(env, "GO")
+    full_cutover(env.db, env.store, env.migration_id, actor="t")
+    first = env.migration_id
+    assert migration_state(env, first) == MigrationState.LIVE
+
+    # migration 2: local-v2 → local-v3, planned while migration 1 waits out its holdover
+    env.settings.models["local-v3"] = ModelSettings(
+        provider="local", name="hash-words", version="3", dimension=128
+    )
+    v3 = embedder_for(env.settings, "local-v3")
+    report = plan_migration(
+        env.settings, env.db, env.store, env.source, v3, model_label="local-v3", actor="t"
+    )
+    assert report.source_generation == env.shadow.name
+    g3 = env.store.create_generation(
+        report.target_generation, env.settings.alias, v3.identity, "int", "HNSW"
+    )
+    docs = [d for batch in env.source.iter_batches(None, None, None, 500) for d in batch]
+    embed_batch(docs, v3, NullThrottle(), g3)
+    second = report.migration_id
+    with env.db.session() as session:
+        m2 = session.get(Migration, second)
+        assert m2 is not None
+        transition(session, m2, MigrationState.BACKFILLING, actor="t", reason="test")
+        session.execute(
+            update(Range)
+            .where(Range.migration_id == second)
+            .values(state=RangeState.DONE, finished_at=utcnow() - timedelta(minutes=1))
+        )
+    env2 = Env(env.settings, env.db, env.store, env.source, env.shadow, g3, second)
+    assert reconcile(env2)
+    add_eval_for(env, second)
+
+    full_cutover(env.db, env.store, second, actor="t")
+    assert env.store.resolve_alias(env.settings.alias) == g3.name
+    assert migration_state(env, first) == MigrationState.SUPERSEDED
+    superseded = [
+        e for e in events(env) if e.kind == "migration_state" and e.to_state == "superseded"
+    ]
+    assert len(superseded) == 1 and superseded[0].from_state == "live"
+    assert f"migration {second}" in (superseded[0].reason or "")
+    with pytest.raises(MigrationStateError, match="superseded"):
+        finalize(env.db, env.store, first, actor="t", holdover_hours=0)
+
+    # rollback of migration 2: the alias and migration 1 are back
+    rollback(env.db, env.store, second, actor="t", reason="test")
+    assert env.store.resolve_alias(env.settings.alias) == env.shadow.name
+    assert migration_state(env, first) == MigrationState.LIVE
+    assert migration_state(env, second) == MigrationState.ROLLED_BACK
+
+    # cut over again, then finalize migration 2: its old generation (migration 1's) and
+    # the one migration 1 replaced are dropped; only the live one is left
+    full_cutover(env.db, env.store, second, actor="t")
+    assert migration_state(env, first) == MigrationState.SUPERSEDED
+    m = load_migration(env.db, second)
+    assert m.cutover_at is not None
+    out = finalize(
+        env.db,
+        env.store,
+        second,
+        actor="t",
+        holdover_hours=1,
+        now=m.cutover_at + timedelta(hours=1, seconds=1),
+    )
+    assert f"dropped {env.shadow.name}" in out.messages[0]
+    assert f"dropped {env.live.name}" in out.messages[0]
+    assert not env.store.has(env.shadow.name) and not env.store.has(env.live.name)
+    assert env.store.has(g3.name)
+    assert migration_state(env, second) == MigrationState.FINALIZED
+    assert migration_state(env, first) == MigrationState.SUPERSEDED
     env.store.close()

@@ -22,6 +22,7 @@ from backfleet.errors import (
     ProviderRateLimited,
     ProviderRejected,
     ProviderRetryable,
+    ProviderTimeout,
 )
 from backfleet.rehearsal import RehearsalServer
 from backfleet.settings import ModelSettings
@@ -132,7 +133,7 @@ def test_count_tokens_estimate() -> None:
         ("500", ProviderRetryable),
         ("503", ProviderRetryable),
         ("429", ProviderRateLimited),
-        ("timeout", ProviderRetryable),
+        ("timeout", ProviderTimeout),
         ("malformed", InvalidEmbedding),
         ("wrong_count", InvalidEmbedding),
         ("wrong_dimension", InvalidEmbedding),
