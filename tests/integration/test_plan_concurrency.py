@@ -1,0 +1,154 @@
+"""One active migration per alias is a database constraint, not a check-then-insert (issue 13 #3).
+
+Real Postgres, the real Milvus server, and `backfleet plan` processes started at once.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from backfleet.corpus import seed_source
+from backfleet.db.models import Migration
+from backfleet.db.schema import upgrade
+from backfleet.db.session import Database, make_engine
+from backfleet.embedding.factory import embedder_for
+from backfleet.errors import MigrationStateError
+from backfleet.settings import Settings
+from backfleet.source import Source
+from backfleet.vectorstore import VectorStore
+from coordinator.planner import PlanReport, plan_migration
+from tests.support.fleet import make_settings, settings_env
+from tests.support.services import postgres_database, redis_db_url
+
+pytestmark = pytest.mark.integration
+BIN = Path(sys.executable).parent / "backfleet"
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    with postgres_database() as url:
+        seed_source(make_engine(url), 300)
+        db = Database(url)
+        upgrade(db.engine)
+        db.dispose()
+        yield url
+
+
+def migrations_of(url: str, alias: str) -> list[tuple[int, str, str]]:
+    db = Database(url)
+    try:
+        with db.session() as s:
+            return [
+                (r.id, r.state, r.target_generation)
+                for r in s.execute(
+                    select(Migration).where(Migration.alias == alias).order_by(Migration.id)
+                ).scalars()
+            ]
+    finally:
+        db.dispose()
+
+
+def plan_in_thread(
+    settings: Settings, url: str, milvus_uri: str, barrier: threading.Barrier
+) -> PlanReport | BaseException:
+    """One coordinator: its own connections; it waits for the others after its check."""
+    engine = make_engine(url)
+    source = Source(engine, settings.source)
+    stats = source.stats
+
+    def stats_after_everyone_checked() -> tuple[int, int]:
+        barrier.wait(timeout=30)  # every plan has passed its "no active migration" check
+        return stats()
+
+    source.stats = stats_after_everyone_checked  # type: ignore[method-assign]
+    db = Database(url)
+    try:
+        return plan_migration(
+            settings,
+            db,
+            VectorStore(milvus_uri),
+            source,
+            embedder_for(settings, "local-v2"),
+            model_label="local-v2",
+            actor="test",
+        )
+    except BaseException as exc:
+        return exc
+    finally:
+        db.dispose()
+        engine.dispose()
+
+
+def test_three_plans_that_all_passed_the_check_make_one_migration(
+    pg_url: str, milvus_uri: str
+) -> None:
+    settings = make_settings(pg_url=pg_url, redis_url=redis_db_url(10), milvus_uri=milvus_uri)
+    barrier = threading.Barrier(3)
+    results: list[PlanReport | BaseException] = []
+    threads = [
+        threading.Thread(
+            target=lambda: results.append(plan_in_thread(settings, pg_url, milvus_uri, barrier))
+        )
+        for _ in range(3)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    rows = migrations_of(pg_url, settings.alias)
+    assert len(rows) == 1, rows
+    ((mid, state, _),) = rows
+    assert state == "planned"
+    reports = [r for r in results if isinstance(r, PlanReport)]
+    errors = [r for r in results if not isinstance(r, PlanReport)]
+    assert [r.migration_id for r in reports] == [mid]
+    assert len(errors) == 2
+    for exc in errors:
+        assert isinstance(exc, MigrationStateError), repr(exc)
+        assert str(exc).startswith(
+            f"alias {settings.alias!r} already has migration {mid} in state planned"
+        ), str(exc)
+        assert f"backfleet cancel --migration {mid}" in str(exc)
+
+    # another alias plans beside it; its generation name cannot collide (it holds the alias)
+    other = make_settings(pg_url=pg_url, redis_url=redis_db_url(10), milvus_uri=milvus_uri)
+    report = plan_in_thread(other, pg_url, milvus_uri, threading.Barrier(1))
+    assert isinstance(report, PlanReport), report
+    assert report.target_generation != rows[0][2]
+    assert report.target_generation.startswith(f"{other.alias}__")
+
+
+def test_three_plan_commands_at_once(pg_url: str, milvus_uri: str, tmp_path: Path) -> None:
+    """What the operator saw: `backfleet plan &` three times. One row; two one-line errors."""
+    settings = make_settings(pg_url=pg_url, redis_url=redis_db_url(10), milvus_uri=milvus_uri)
+    env = {**os.environ, **settings_env(settings)}
+    procs = [
+        subprocess.Popen(
+            [str(BIN), "plan"],
+            env=env,
+            cwd=tmp_path,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(3)
+    ]
+    outs = [(p.wait(timeout=180), *p.communicate()) for p in procs]
+    rows = migrations_of(pg_url, settings.alias)
+    assert len(rows) == 1, (rows, outs)
+    mid = rows[0][0]
+    assert sorted(code for code, _, _ in outs) == [0, 2, 2], outs
+    for code, _, err in outs:
+        if code == 2:
+            line = err.strip().splitlines()[-1]
+            assert line.startswith(
+                f"error: alias {settings.alias!r} already has migration {mid} in state planned"
+            ), err
