@@ -30,12 +30,14 @@ from backfleet.errors import (
     ModelMismatch,
     ProviderRejected,
     ServiceUnavailable,
+    SourceMismatch,
     VectorStoreUnavailable,
 )
 from backfleet.limits import Throttle
 from backfleet.logs import get_logger
 from backfleet.readahead import ReadAhead
 from backfleet.source import Doc, Source, SourceId, text_hash
+from backfleet.source_identity import require_same_source, source_identity
 from backfleet.vectorstore import Generation
 from workers.context import WorkerContext
 
@@ -353,6 +355,20 @@ class RangePipeline:
         generation.require_model(embedder.identity)
         source = ctx.source
         owner = ctx.owner
+        try:
+            require_same_source(
+                migration.source_identity,
+                source_identity(ctx.settings.source, source.id_type),
+                f"migration {migration_id}",
+            )
+        except SourceMismatch as exc:
+            # before the claim: no attempt counted; the range stays pending for a worker
+            # configured with the migration's source, and `status` shows why
+            log.error(
+                "worker_source_mismatch", migration=migration_id, range=range_id, error=str(exc)
+            )
+            checkpoint.note_refusal(ctx.db, migration_id, range_id, owner, str(exc))
+            return "refused"
         claim = checkpoint.claim(ctx.db, range_id, owner, cfg.lease_seconds)
         if claim is None:
             log.info(
@@ -456,6 +472,11 @@ def reembed_documents(ctx: WorkerContext, migration_id: int, doc_ids: list[str])
     )
     generation = ctx.generation(migration.target_generation)
     source = ctx.source
+    require_same_source(
+        migration.source_identity,
+        source_identity(ctx.settings.source, source.id_type),
+        f"migration {migration_id}",
+    )
     wanted = [source.decode_id(i) for i in doc_ids]
     docs = source.fetch(wanted)
     found = {str(d.id) for d in docs}

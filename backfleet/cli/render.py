@@ -91,6 +91,8 @@ def status_table(st: MigrationStatus) -> Table:
         table.add_row("settled", "yes" if st.settled else "no — run `backfleet catchup` again")
     for f in st.failed[:10]:
         table.add_row(f"failed range {f['range']}", f"attempts {f['attempts']}: {f['error']}")
+    for r in st.refused[:5]:
+        table.add_row(f"refused range {r['range']}", f"by {r['worker']}: {r['reason']}")
     return table
 
 

@@ -372,6 +372,21 @@ def fail(db: Database, claim_: Claim, error: str, max_attempts: int) -> str | No
         return new_state
 
 
+def note_refusal(db: Database, migration_id: int, range_id: int, actor: str, reason: str) -> None:
+    """A worker refused a range before claiming it (its configuration cannot serve the
+    migration): keep the reason on the pending range and as an event, count no attempt."""
+    now = utcnow()
+    with db.session() as session:
+        session.execute(
+            update(Range)
+            .where(Range.id == range_id, Range.state == RangeState.PENDING)
+            .values(last_error=reason[:2000], updated_at=now)
+        )
+        record_event(
+            session, migration_id, "range_refused", actor=actor, range_id=range_id, reason=reason
+        )
+
+
 def pause_migration(session: Session, migration: Migration, *, actor: str, reason: str) -> None:
     """Pause in the caller's transaction: ranges back to pending, the resume target kept.
 
