@@ -369,7 +369,9 @@ class RangePipeline:
             )
             checkpoint.note_refusal(ctx.db, migration_id, range_id, owner, str(exc))
             return "refused"
-        claim = checkpoint.claim(ctx.db, range_id, owner, cfg.lease_seconds)
+        claim = checkpoint.claim(
+            ctx.db, range_id, owner, cfg.lease_seconds, max_attempts=cfg.max_attempts
+        )
         if claim is None:
             log.info(
                 "range_skipped", migration=migration_id, range=range_id, reason="not claimable"
@@ -450,6 +452,22 @@ class RangePipeline:
             log.error(
                 "range_error", migration=migration_id, range=range_id, state=state, error=str(exc)
             )
+            return "failed" if state == "failed" else "retry"
+        except Exception as exc:  # a bug, a driver error not converted: counted all the same
+            log.error(
+                "range_unexpected_error",
+                migration=migration_id,
+                range=range_id,
+                error=f"{type(exc).__name__}: {exc}",
+                exc_info=True,
+            )
+            # if the checkpoint database is down too, the lease expires and the takeover
+            # counts the attempt instead
+            state = None
+            with contextlib.suppress(BackfleetError):
+                state = checkpoint.fail(
+                    ctx.db, claim, f"{type(exc).__name__}: {exc}", cfg.max_attempts
+                )
             return "failed" if state == "failed" else "retry"
         log.info("range_done", migration=migration_id, range=range_id, docs=docs_total)
         return "done"
