@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from backfleet.db import reembeds
 from backfleet.db.checkpoint import utcnow
 from backfleet.db.models import DeadLetter, Event, Migration, Range, RangeState
 from backfleet.db.session import Database
@@ -48,6 +49,8 @@ class MigrationStatus:
     #: pending ranges a worker refused before claiming (its source or model is not the
     #: migration's): the latest refusal per range
     refused: list[dict[str, Any]] = field(default_factory=list)
+    #: re-embed requests (dead-letter retry, repair) by state: pending, done, failed
+    reembeds: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -140,6 +143,7 @@ def migration_status(
         catchup_passes=passes,
         settled=bool(passes and passes[-1]["settled"]),
         refused=refused,
+        reembeds=reembeds.counts(db, migration.id),
     )
 
 
