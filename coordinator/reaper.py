@@ -61,13 +61,15 @@ def reap_once(db: Database, app: Any, settings: ReaperSettings, queue_depth: int
             if migrations
             else {}
         )
-    total_pending = sum(pending.values())
+    # re-embed requests not done are messages in the same queue
+    total_pending = sum(pending.values()) + reembeds.pending_count(db)
+    # when the queue holds at least one message per pending range or request, none is lost
+    resend = queue_depth is None or queue_depth < total_pending
     export_gauges(db, migrations)
     for mid in migrations:
-        # when the queue holds at least one message per pending range, none is lost
-        resend = queue_depth is None or queue_depth < total_pending
         sent += dispatch(db, app, mid, pending_sent_before=cutoff, include_pending=resend)
-    sent += resend_reembeds(db, app, cutoff, settings.max_attempts)
+    if resend:
+        sent += resend_reembeds(db, app, cutoff, settings.max_attempts)
     return sent
 
 

@@ -66,6 +66,8 @@ def register_tasks(app: Any, ctx: WorkerContext) -> None:
     def reembed_documents_task(
         self: Any, migration_id: int, doc_ids: list[str], request_id: int | None = None
     ) -> int:
+        if request_id is not None:
+            reembeds.started(ctx.db, request_id)
         try:
             embedded = reembed_documents(ctx, migration_id, doc_ids).embedded
         except (SourceMismatch, ModelMismatch) as exc:

@@ -38,6 +38,27 @@ def record(db: Database, migration_id: int, doc_ids: list[str]) -> int:
         return int(req.id)
 
 
+def started(db: Database, request_id: int) -> None:
+    """A worker began the request: the reaper's clock restarts from now."""
+    now = utcnow()
+    with db.session() as session:
+        session.execute(
+            update(ReembedRequest)
+            .where(ReembedRequest.id == request_id, ReembedRequest.state == ReembedState.PENDING)
+            .values(dispatched_at=now, updated_at=now)
+        )
+
+
+def pending_count(db: Database) -> int:
+    """Requests not done yet, of every migration (each has a message somewhere)."""
+    with db.session() as session:
+        return int(
+            session.execute(
+                select(func.count()).where(ReembedRequest.state == ReembedState.PENDING)
+            ).scalar_one()
+        )
+
+
 def finish(db: Database, request_id: int) -> None:
     now = utcnow()
     with db.session() as session:
