@@ -152,3 +152,54 @@ def test_three_plan_commands_at_once(pg_url: str, milvus_uri: str, tmp_path: Pat
             assert line.startswith(
                 f"error: alias {settings.alias!r} already has migration {mid} in state planned"
             ), err
+
+
+def test_rollback_of_a_live_migration_while_a_newer_one_is_active_is_refused_clearly(
+    pg_url: str, milvus_uri: str
+) -> None:
+    """Migration 1 is live (holdover), migration 2 is planned from it: rolling 1 back would
+    make two active migrations of the alias. Refused with the reason, the alias untouched."""
+    from backfleet.db.checkpoint import utcnow
+    from coordinator.cutover import rollback
+
+    settings = make_settings(pg_url=pg_url, redis_url=redis_db_url(10), milvus_uri=milvus_uri)
+    alias = settings.alias
+    identity = embedder_for(settings, "local-v1").identity
+    store = VectorStore(milvus_uri)
+    old, new = f"{alias}__hash_words_v1__g1", f"{alias}__hash_ngrams_v2__g2"
+    store.create_generation(old, alias, identity, "int")
+    store.create_generation(new, alias, identity, "int")
+    store.point_alias(alias, new)
+    db = Database(pg_url)
+    now = utcnow()
+    try:
+        with db.session() as s:
+            for state, source, target in (("live", old, new), ("planned", new, old + "x")):
+                s.add(
+                    Migration(
+                        alias=alias,
+                        source_generation=source,
+                        target_generation=target,
+                        target_model="local-v2",
+                        target_identity=identity.to_json(),
+                        id_type="int",
+                        state=state,
+                        total_docs=0,
+                        est_tokens=0,
+                        settings_snapshot={},
+                        cutover_at=now,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+        first, second = (r[0] for r in migrations_of(pg_url, alias))
+        with pytest.raises(MigrationStateError) as err:
+            rollback(db, store, first, actor="t")
+        assert f"alias {alias!r} has migration {second} in state planned" in str(err.value)
+        assert f"backfleet cancel --migration {second}" in str(err.value)
+        assert store.resolve_alias(alias) == new
+        assert [r[1] for r in migrations_of(pg_url, alias)] == ["live", "planned"]
+    finally:
+        db.dispose()
+        store.drop(old)
+        store.drop(new)
