@@ -203,3 +203,37 @@ def test_rollback_of_a_live_migration_while_a_newer_one_is_active_is_refused_cle
         db.dispose()
         store.drop(old)
         store.drop(new)
+
+
+def test_upgrade_to_0004_names_the_duplicate_active_migrations_and_changes_nothing() -> None:
+    """A database that already holds the race's result: the index cannot be built; the
+    upgrade says which migrations to cancel instead of failing with a bare IntegrityError."""
+    from sqlalchemy import text
+
+    from backfleet.db.schema import current_revision
+
+    with postgres_database() as url:
+        db = Database(url)
+        upgrade(db.engine, "0003")
+        with db.engine.begin() as conn:
+            for _ in range(2):
+                conn.execute(
+                    text(
+                        "INSERT INTO bf_migrations (alias, target_generation, target_model, "
+                        "target_identity, id_type, state, total_docs, est_tokens, "
+                        "settings_snapshot, canary_percent, created_at, updated_at) VALUES "
+                        "('docs', 'docs__m__g1', 'm', '{}', 'int', 'planned', 0, 0, '{}', 0, "
+                        "now(), now())"
+                    )
+                )
+        with pytest.raises(RuntimeError) as err:
+            upgrade(db.engine)
+        message = str(err.value)
+        assert "alias 'docs': migration 1 (planned); alias 'docs': migration 2 (planned)" in message
+        assert "backfleet cancel --migration N" in message
+        assert current_revision(db.engine) == "0003"
+        with db.engine.begin() as conn:
+            conn.execute(text("UPDATE bf_migrations SET state = 'cancelled' WHERE id = 2"))
+        upgrade(db.engine)
+        assert current_revision(db.engine) == "0004"
+        db.dispose()

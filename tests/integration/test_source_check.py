@@ -7,6 +7,9 @@ the fix it embedded table A into B's shadow and marked the ranges done.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -125,6 +128,16 @@ def test_worker_with_another_source_table_refuses_and_the_right_one_finishes(
         assert r.last_error and "docs_b" in r.last_error and "docs_a" in r.last_error
     assert st.refused and "planned on table 'docs_b'" in st.refused[0]["reason"]
     assert store.open_generation(report.target_generation).count() == 0
+    shown = subprocess.run(
+        [str(Path(sys.executable).parent / "backfleet"), "status"],
+        env={**os.environ, **settings_env(settings_b)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "refused range" in shown.stdout and "docs_b" in shown.stdout, shown.stdout
 
     # a correctly configured worker finishes B; reconcile is clean
     right = WorkerFleet(settings_env(settings_b), tmp_path)
