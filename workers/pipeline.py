@@ -350,6 +350,7 @@ class RangePipeline:
             log.error(
                 "worker_model_mismatch", migration=migration_id, range=range_id, error=str(exc)
             )
+            checkpoint.note_refusal(ctx.db, migration_id, range_id, ctx.owner, str(exc))
             return "refused"
         generation = ctx.generation(migration.target_generation)
         generation.require_model(embedder.identity)

@@ -175,3 +175,53 @@ def test_worker_with_another_source_table_refuses_and_the_right_one_finishes(
     assert result.clean, result
     assert migration_status(db, report.migration_id, settings_b.alias).refused == []
     db.dispose()
+
+
+def test_worker_with_another_model_definition_refuses_and_status_says_why(
+    pg_url: str, milvus_uri: str
+) -> None:
+    """The same refusal for a model mismatch: before the claim, visible in `status`."""
+    from backfleet.settings import ModelSettings
+    from workers.context import WorkerContext
+    from workers.pipeline import RangePipeline
+
+    engine = make_engine(pg_url)
+    seed_source(engine, 50)
+    settings = make_settings(pg_url=pg_url, redis_url=redis_db_url(7), milvus_uri=milvus_uri)
+    db = Database(pg_url)
+    upgrade(db.engine)
+    store = VectorStore(milvus_uri)
+    report = plan_migration(
+        settings,
+        db,
+        store,
+        Source(engine, settings.source),
+        embedder_for(settings, "local-v2"),
+        model_label="local-v2",
+        actor="test",
+    )
+    start_migration(
+        db, store, create_app(settings), report.migration_id, actor="t", index_type="HNSW"
+    )
+    other = settings.model_copy(
+        update={
+            "models": {
+                **settings.models,
+                "local-v2": ModelSettings(name="hash-ngrams", version="3", dimension=384),
+            }
+        }
+    )
+    ctx = WorkerContext(other)
+    with db.session() as s:
+        rid = s.execute(
+            select(Range.id).where(Range.migration_id == report.migration_id)
+        ).scalar_one()
+    assert RangePipeline(ctx).run(report.migration_id, rid) == "refused"
+    ctx.close()
+    st = migration_status(db, report.migration_id, settings.alias)
+    assert st.ranges["pending"] == 1
+    assert len(st.refused) == 1 and "hash-ngrams" in st.refused[0]["reason"], st.refused
+    with db.session() as s:
+        r = s.get(Range, rid)
+        assert r is not None and r.attempts == 0 and r.claims == 0
+    db.dispose()
