@@ -96,6 +96,10 @@ class ModelMismatch(Permanent):
     """A vector or embedder does not belong to the generation it would be written to."""
 
 
+class SourceMismatch(Permanent):
+    """A worker's configured source is not the one the migration was planned on."""
+
+
 class LeaseLost(Permanent):
     """This worker no longer holds the range's lease (expired and taken over): stop writing."""
 

@@ -107,6 +107,22 @@ def _locked(session: Session, migration_id: int) -> Migration:
     return m
 
 
+def _refuse_if_alias_taken(session: Session, m: Migration) -> None:
+    """Rolled back, a live migration owns its alias again: not while a newer one is active
+    (one active migration per alias, ux_bf_migrations_active_alias)."""
+    newer = session.execute(
+        select(Migration.id, Migration.state).where(
+            Migration.alias == m.alias, Migration.id != m.id, Migration.state.in_(S.ACTIVE)
+        )
+    ).first()
+    if newer is not None:
+        raise MigrationStateError(
+            f"migration {m.id} cannot be rolled back: alias {m.alias!r} has migration "
+            f"{newer.id} in state {newer.state} (one active migration per alias)",
+            hint=f"`backfleet cancel --migration {newer.id}` first",
+        )
+
+
 def _open_ranges(session: Session, migration_id: int) -> int:
     return int(
         session.execute(
@@ -320,6 +336,8 @@ def rollback(
                 f"migration {m.id} is {m.state}: nothing to roll back "
                 "(rollback undoes a canary or a cutover)"
             )
+        if m.state == S.LIVE:
+            _refuse_if_alias_taken(session, m)
         if m.state == S.LIVE and (
             m.source_generation is None or not store.has(m.source_generation)
         ):

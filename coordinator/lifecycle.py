@@ -24,17 +24,11 @@ TRANSITIONS: dict[str, set[str]] = {
     S.CANCELLED: set(),
 }
 
-#: States in which a migration still owns its alias (another cannot be planned). A ``live``
-#: migration waiting out its holdover does not block the next one.
-ACTIVE_STATES = (
-    S.PLANNED,
-    S.BACKFILLING,
-    S.CATCHING_UP,
-    S.VERIFIED,
-    S.CANARY,
-    S.PAUSED,
-    S.ROLLED_BACK,
-)
+#: States in which a migration still owns its alias (another cannot be planned): a partial
+#: unique index on bf_migrations(alias) holds it (``MigrationState.ACTIVE``, revision 0004).
+#: ``rolled_back`` keeps the alias (it may go canary or live again); a ``live`` migration
+#: waiting out its holdover does not block the next one.
+ACTIVE_STATES = S.ACTIVE
 
 
 def transition(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from backfleet.db.checkpoint import record_event, utcnow
 from backfleet.db.models import Migration, MigrationState, Range, RangeState
@@ -15,6 +16,7 @@ from backfleet.limits import Throttle, build_throttle
 from backfleet.logs import get_logger
 from backfleet.settings import Settings
 from backfleet.source import Source
+from backfleet.source_identity import source_fingerprint, source_identity
 from backfleet.vectorstore import VectorStore, generation_name, parse_generation_name
 from backfleet.vectorstore.generation import STR_ID_MAX
 from coordinator.estimate import estimate
@@ -101,6 +103,30 @@ def build_ranges(points: list[str | None]) -> list[tuple[str | None, str | None]
     return [(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)]
 
 
+def _alias_taken(alias: str, migration_id: int, state: str) -> MigrationStateError:
+    return MigrationStateError(
+        f"alias {alias!r} already has migration {migration_id} in state {state}; "
+        "cancel it or finish it",
+        hint=f"`backfleet cancel --migration {migration_id}`, or take it to live",
+    )
+
+
+def _concurrent_plan(db: Database, alias: str) -> MigrationStateError:
+    """The error for a plan the index refused, naming the migration that won (read on
+    another connection: this one's transaction is aborted)."""
+    with db.session() as session:
+        winner = session.execute(
+            select(Migration.id, Migration.state).where(
+                Migration.alias == alias, Migration.state.in_(ACTIVE_STATES)
+            )
+        ).first()
+    if winner is None:  # cancelled since
+        return MigrationStateError(
+            f"alias {alias!r}: a concurrent plan held the alias", hint="run `backfleet plan` again"
+        )
+    return _alias_taken(alias, winner.id, winner.state)
+
+
 def plan_migration(
     settings: Settings,
     db: Database,
@@ -132,10 +158,7 @@ def plan_migration(
             if (parsed := parse_generation_name(name))
         }
     if active is not None:
-        raise MigrationStateError(
-            f"alias {alias!r} already has migration {active.id} in state {active.state}",
-            hint=f"finish it, or `backfleet cancel --migration {active.id}`",
-        )
+        raise _alias_taken(alias, active.id, active.state)
     live = store.resolve_alias(alias)
     if live is not None and store.is_generation(live):
         live_gen = store.open_generation(live)
@@ -171,6 +194,7 @@ def plan_migration(
     est_tokens = est.tokens
     est_cost = est_tokens / 1_000_000 * model.price_per_million_tokens
     shadow_bytes = docs * (identity.dimension * 4 + ROW_OVERHEAD_BYTES)
+    source_id = source_identity(settings.source, source.id_type)
     now = utcnow()
     with db.session() as session:
         migration = Migration(
@@ -185,11 +209,18 @@ def plan_migration(
             est_tokens=est_tokens,
             settings_snapshot=settings.public_snapshot(),
             budget_usd=cfg.budget_usd,
+            source_identity=source_id,
+            source_fingerprint=source_fingerprint(source_id),
             created_at=now,
             updated_at=now,
         )
         session.add(migration)
-        session.flush()
+        try:
+            session.flush()
+        except IntegrityError:
+            # another plan of the alias committed after our check: the partial unique index
+            # ux_bf_migrations_active_alias (one active migration per alias) refused this one
+            raise _concurrent_plan(db, alias) from None
         last = len(ranges) - 1
         for seq, (lo, hi) in enumerate(ranges):
             session.add(

@@ -3,25 +3,28 @@
 ``backfleet supervise`` runs :func:`reap_once` every few seconds. For every migration that is
 backfilling or catching up it re-sends tasks for ranges whose lease expired (a dead or stuck
 worker) and for pending ranges whose last task went out long ago (a lost message, a flushed
-broker). A duplicate task is harmless: a range that is done or held by a live lease is a
-no-op for the worker that receives it.
+broker). It also re-sends re-embed requests not done long after their last task went out.
+A duplicate task is harmless: a range that is done or held by a live lease is a no-op for
+the worker that receives it, and a re-embed is an upsert.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
 
+from backfleet.db import reembeds
 from backfleet.db.checkpoint import utcnow
 from backfleet.db.models import Migration, MigrationState, Range, RangeState
 from backfleet.db.session import Database
 from backfleet.errors import ServiceUnavailable
 from backfleet.logs import get_logger
 from coordinator.dispatcher import dispatch
+from workers.tasks import send_documents
 
 log = get_logger("backfleet.reaper")
 
@@ -31,6 +34,8 @@ class ReaperSettings:
     interval_seconds: float = 10.0
     #: re-send a pending range's task when its last one went out this long ago
     resend_after_seconds: float = 120.0
+    #: a re-embed request sent this many times without finishing is failed
+    max_attempts: int = 5
 
 
 def reap_once(db: Database, app: Any, settings: ReaperSettings, queue_depth: int | None) -> int:
@@ -56,13 +61,27 @@ def reap_once(db: Database, app: Any, settings: ReaperSettings, queue_depth: int
             if migrations
             else {}
         )
-    total_pending = sum(pending.values())
+    # re-embed requests not done are messages in the same queue
+    total_pending = sum(pending.values()) + reembeds.pending_count(db)
+    # when the queue holds at least one message per pending range or request, none is lost
+    resend = queue_depth is None or queue_depth < total_pending
     export_gauges(db, migrations)
     for mid in migrations:
-        # when the queue holds at least one message per pending range, none is lost
-        resend = queue_depth is None or queue_depth < total_pending
         sent += dispatch(db, app, mid, pending_sent_before=cutoff, include_pending=resend)
+    if resend:
+        sent += resend_reembeds(db, app, cutoff, settings.max_attempts)
     return sent
+
+
+def resend_reembeds(db: Database, app: Any, cutoff: datetime, max_attempts: int) -> int:
+    """Re-send re-embed requests still pending after ``cutoff`` (a killed worker's task
+    waits in Redis ``unacked`` for the visibility timeout; a duplicate is harmless)."""
+    due = reembeds.take_due(db, cutoff, max_attempts)
+    for request_id, migration_id, doc_ids in due:
+        send_documents(app, migration_id, doc_ids, request_id)
+    if due:
+        log.info("reembeds_resent", requests=len(due))
+    return len(due)
 
 
 def queue_depth(app: Any) -> int | None:

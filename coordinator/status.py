@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from backfleet.db import reembeds
 from backfleet.db.checkpoint import utcnow
 from backfleet.db.models import DeadLetter, Event, Migration, Range, RangeState
 from backfleet.db.session import Database
@@ -45,6 +46,11 @@ class MigrationStatus:
     #: catch-up passes (oldest first): changes found and applied; settled = the last one's
     catchup_passes: list[dict[str, Any]] = field(default_factory=list)
     settled: bool = False
+    #: pending ranges a worker refused before claiming (its source or model is not the
+    #: migration's): the latest refusal per range
+    refused: list[dict[str, Any]] = field(default_factory=list)
+    #: re-embed requests (dead-letter retry, repair) by state: pending, done, failed
+    reembeds: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,6 +102,7 @@ def migration_status(
             if migration.state == "paused"
             else None
         )
+        refused = _refusals(session, migration.id)
     from coordinator.catchup import latest_passes
 
     passes = latest_passes(db, migration.id)
@@ -135,4 +142,32 @@ def migration_status(
         paused_reason=paused_reason,
         catchup_passes=passes,
         settled=bool(passes and passes[-1]["settled"]),
+        refused=refused,
+        reembeds=reembeds.counts(db, migration.id),
     )
+
+
+def _refusals(session: Any, migration_id: int) -> list[dict[str, Any]]:
+    """The latest ``range_refused`` event of each range still pending."""
+    pending = select(Range.id).where(
+        Range.migration_id == migration_id, Range.state == RangeState.PENDING
+    )
+    latest: dict[int, dict[str, Any]] = {}
+    for ev in session.execute(
+        select(Event)
+        .where(
+            Event.migration_id == migration_id,
+            Event.kind == "range_refused",
+            Event.range_id.in_(pending),
+        )
+        .order_by(Event.id.desc())
+        .limit(200)
+    ).scalars():
+        if ev.range_id not in latest:
+            latest[ev.range_id] = {
+                "range": ev.range_id,
+                "worker": ev.actor,
+                "reason": ev.reason,
+                "at": ev.at.isoformat(),
+            }
+    return sorted(latest.values(), key=lambda r: r["range"])

@@ -33,12 +33,14 @@ from backfleet.errors import (
     ProviderRejected,
     ProviderTimeout,
     ServiceUnavailable,
+    SourceMismatch,
     VectorStoreUnavailable,
 )
 from backfleet.limits import Throttle
 from backfleet.logs import get_logger
 from backfleet.readahead import ReadAhead
 from backfleet.source import Doc, Source, SourceId, id_too_long, text_hash
+from backfleet.source_identity import require_same_source, source_identity
 from backfleet.vectorstore import Generation
 from backfleet.vectorstore.generation import STR_ID_MAX
 from workers.context import WorkerContext
@@ -386,12 +388,29 @@ class RangePipeline:
             log.error(
                 "worker_model_mismatch", migration=migration_id, range=range_id, error=str(exc)
             )
+            checkpoint.note_refusal(ctx.db, migration_id, range_id, ctx.owner, str(exc))
             return "refused"
         generation = ctx.generation(migration.target_generation)
         generation.require_model(embedder.identity)
         source = ctx.source
         owner = ctx.owner
-        claim = checkpoint.claim(ctx.db, range_id, owner, cfg.lease_seconds)
+        try:
+            require_same_source(
+                migration.source_identity,
+                source_identity(ctx.settings.source, source.id_type),
+                f"migration {migration_id}",
+            )
+        except SourceMismatch as exc:
+            # before the claim: no attempt counted; the range stays pending for a worker
+            # configured with the migration's source, and `status` shows why
+            log.error(
+                "worker_source_mismatch", migration=migration_id, range=range_id, error=str(exc)
+            )
+            checkpoint.note_refusal(ctx.db, migration_id, range_id, owner, str(exc))
+            return "refused"
+        claim = checkpoint.claim(
+            ctx.db, range_id, owner, cfg.lease_seconds, max_attempts=cfg.max_attempts
+        )
         if claim is None:
             log.info(
                 "range_skipped", migration=migration_id, range=range_id, reason="not claimable"
@@ -473,6 +492,22 @@ class RangePipeline:
                 "range_error", migration=migration_id, range=range_id, state=state, error=str(exc)
             )
             return "failed" if state == "failed" else "retry"
+        except Exception as exc:  # a bug, a driver error not converted: counted all the same
+            log.error(
+                "range_unexpected_error",
+                migration=migration_id,
+                range=range_id,
+                error=f"{type(exc).__name__}: {exc}",
+                exc_info=True,
+            )
+            # if the checkpoint database is down too, the lease expires and the takeover
+            # counts the attempt instead
+            state = None
+            with contextlib.suppress(BackfleetError):
+                state = checkpoint.fail(
+                    ctx.db, claim, f"{type(exc).__name__}: {exc}", cfg.max_attempts
+                )
+            return "failed" if state == "failed" else "retry"
         log.info("range_done", migration=migration_id, range=range_id, docs=docs_total)
         return "done"
 
@@ -494,6 +529,11 @@ def reembed_documents(ctx: WorkerContext, migration_id: int, doc_ids: list[str])
     )
     generation = ctx.generation(migration.target_generation)
     source = ctx.source
+    require_same_source(
+        migration.source_identity,
+        source_identity(ctx.settings.source, source.id_type),
+        f"migration {migration_id}",
+    )
     wanted = [source.decode_id(i) for i in doc_ids]
     docs = source.fetch(wanted)
     found = {str(d.id) for d in docs}

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from backfleet.errors import BrokerUnavailable, ServiceUnavailable
+from backfleet.db import reembeds
+from backfleet.errors import (
+    BrokerUnavailable,
+    ModelMismatch,
+    Permanent,
+    ServiceUnavailable,
+    SourceMismatch,
+)
 from backfleet.logs import get_logger
 from workers.context import WorkerContext
 from workers.pipeline import RangePipeline, reembed_documents
@@ -56,13 +63,40 @@ def register_tasks(app: Any, ctx: WorkerContext) -> None:
         retry_backoff_max=30,
         max_retries=None,
     )
-    def reembed_documents_task(self: Any, migration_id: int, doc_ids: list[str]) -> int:
-        return reembed_documents(ctx, migration_id, doc_ids).embedded
+    def reembed_documents_task(
+        self: Any, migration_id: int, doc_ids: list[str], request_id: int | None = None
+    ) -> int:
+        if request_id is not None:
+            reembeds.started(ctx.db, request_id)
+        try:
+            embedded = reembed_documents(ctx, migration_id, doc_ids).embedded
+        except (SourceMismatch, ModelMismatch) as exc:
+            # this worker cannot serve it; another may: stays pending, the reaper re-sends
+            if request_id is not None:
+                reembeds.note_error(ctx.db, request_id, str(exc), final=False)
+            raise
+        except Permanent as exc:
+            if request_id is not None:
+                reembeds.note_error(ctx.db, request_id, f"{type(exc).__name__}: {exc}", final=True)
+            raise
+        if request_id is not None:
+            reembeds.finish(ctx.db, request_id)
+        return embedded
 
 
 def enqueue_documents(app: Any, migration_id: int, doc_ids: list[str]) -> None:
-    """Send one re-embed task for named documents of a migration."""
-    kwargs = {"migration_id": migration_id, "doc_ids": doc_ids}
+    """Record a re-embed request for named documents of a migration, and send its task.
+
+    The request is a row in the checkpoint database (``bf_reembed_requests``): the reaper
+    re-sends it until a worker marks it done, as it does for ranges.
+    """
+    request_id = reembeds.record(app.backfleet_context.db, migration_id, doc_ids)
+    send_documents(app, migration_id, doc_ids, request_id)
+
+
+def send_documents(app: Any, migration_id: int, doc_ids: list[str], request_id: int) -> None:
+    """Send the task of a recorded re-embed request (first time, or again by the reaper)."""
+    kwargs = {"migration_id": migration_id, "doc_ids": doc_ids, "request_id": request_id}
     if app.conf.task_always_eager:
         app.tasks[REEMBED_TASK].apply(kwargs=kwargs)
         return

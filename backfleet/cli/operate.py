@@ -39,7 +39,9 @@ def supervise(
     db = open_db(s)
     capp = celery_app(s)
     check_broker(capp, s)
-    cfg = ReaperSettings(s.backfill.reap_interval_seconds, s.backfill.resend_after_seconds)
+    cfg = ReaperSettings(
+        s.backfill.reap_interval_seconds, s.backfill.resend_after_seconds, s.backfill.max_attempts
+    )
     if metrics_port is not None:
         from backfleet.metrics import serve_metrics
 

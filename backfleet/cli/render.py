@@ -126,6 +126,14 @@ def status_table(st: MigrationStatus) -> Table:
         table.add_row("settled", "yes" if st.settled else "no — run `backfleet catchup` again")
     for f in st.failed[:10]:
         table.add_row(f"failed range {f['range']}", f"attempts {f['attempts']}: {f['error']}")
+    if st.reembeds.get("pending") or st.reembeds.get("failed"):
+        table.add_row(
+            "re-embed requests",
+            f"pending {st.reembeds.get('pending', 0)}  failed {st.reembeds.get('failed', 0)}"
+            "  (re-sent by `backfleet supervise`)",
+        )
+    for r in st.refused[:5]:
+        table.add_row(f"refused range {r['range']}", f"by {r['worker']}: {r['reason']}")
     return table
 
 

@@ -18,6 +18,9 @@ from sqlalchemy.orm import Session
 from backfleet.db.models import DeadLetter, Event, Migration, MigrationState, Range, RangeState
 from backfleet.db.session import Database
 from backfleet.errors import LeaseLost
+from backfleet.logs import get_logger
+
+log = get_logger("backfleet.checkpoint")
 
 #: Migration states in which workers may claim ranges.
 CLAIMABLE_MIGRATION_STATES = (MigrationState.BACKFILLING, MigrationState.CATCHING_UP)
@@ -69,56 +72,126 @@ def record_event(
     )
 
 
-def claim(db: Database, range_id: int, owner: str, lease_seconds: float) -> Claim | None:
+def claim(
+    db: Database,
+    range_id: int,
+    owner: str,
+    lease_seconds: float,
+    *,
+    max_attempts: int | None = None,
+) -> Claim | None:
     """Take the lease of a pending range, or of a running one whose lease expired.
 
-    One ``UPDATE … WHERE id = (SELECT … FOR UPDATE SKIP LOCKED) RETURNING``; ``None`` when the
+    ``SELECT … FOR UPDATE SKIP LOCKED`` then ``UPDATE … RETURNING`` in one short
+    transaction; ``None`` when the
     range is done, failed, held by a live lease, or its migration is not backfilling.
+
+    Every claim is counted (``claims``). Taking over an expired lease means its holder died
+    or stalled past its lease (SIGKILL, the OOM killer, a frozen host): that counts an
+    attempt (and ``lost_leases``); once ``max_attempts`` is reached the range becomes
+    ``failed`` with "worker died N times on this range" instead of being run again, and
+    ``None`` is returned. A range given back (release, pause) is pending, not expired: its
+    next claim counts no attempt.
     """
     now = utcnow()
     token = secrets.token_hex(16)
     claimable = (
-        select(Range.id)
-        .where(
-            Range.id == range_id,
-            or_(
-                Range.state == RangeState.PENDING,
-                and_(Range.state == RangeState.RUNNING, Range.lease_expires_at < now),
-            ),
-            exists().where(
-                Migration.id == Range.migration_id,
-                Migration.state.in_(CLAIMABLE_MIGRATION_STATES),
-            ),
-        )
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
-    )
-    stmt = (
-        update(Range)
-        .where(Range.id == claimable)
-        .values(
-            state=RangeState.RUNNING,
-            lease_owner=owner,
-            lease_token=token,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-            heartbeat_at=now,
-            started_at=func.coalesce(Range.started_at, now),
-            updated_at=now,
-        )
-        .returning(
-            Range.id,
-            Range.migration_id,
-            Range.lo,
-            Range.hi,
-            Range.cursor,
-            Range.attempts,
-            Range.docs_done,
-        )
+        Range.id == range_id,
+        or_(
+            Range.state == RangeState.PENDING,
+            and_(Range.state == RangeState.RUNNING, Range.lease_expires_at < now),
+        ),
+        exists().where(
+            Migration.id == Range.migration_id,
+            Migration.state.in_(CLAIMABLE_MIGRATION_STATES),
+        ),
     )
     with db.session() as session:
-        row = session.execute(stmt).one_or_none()
+        # lock the row (another claimer skips it), learn whether this is a takeover
+        old = session.execute(
+            select(Range.state, Range.lease_owner)
+            .where(*claimable)
+            .with_for_update(skip_locked=True)
+        ).one_or_none()
+        if old is None:
+            return None
+        took_over = old.state == RangeState.RUNNING
+        row = session.execute(
+            update(Range)
+            .where(*claimable)  # again: SQLite has no row lock
+            .values(
+                state=RangeState.RUNNING,
+                lease_owner=owner,
+                lease_token=token,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                heartbeat_at=now,
+                started_at=func.coalesce(Range.started_at, now),
+                updated_at=now,
+                claims=Range.claims + 1,
+                lost_leases=Range.lost_leases + int(took_over),
+                attempts=Range.attempts + int(took_over),
+            )
+            .returning(
+                Range.id,
+                Range.migration_id,
+                Range.lo,
+                Range.hi,
+                Range.cursor,
+                Range.attempts,
+                Range.docs_done,
+                Range.lost_leases,
+                Range.last_error,
+            )
+        ).one_or_none()
         if row is None:
             return None
+        if took_over:
+            died = (
+                f"worker died {row.lost_leases} times on this range (the lease of "
+                f"{old.lease_owner} expired: the process was killed, e.g. out of memory, or "
+                "stalled past backfill.lease_seconds)"
+            )
+            if row.last_error and not row.last_error.startswith("worker died "):
+                died += f"; last error: {row.last_error}"
+            gave_up = max_attempts is not None and row.attempts >= max_attempts
+            session.execute(
+                update(Range)
+                .where(Range.id == row.id)
+                .values(
+                    last_error=died[:2000],
+                    **(
+                        {
+                            "state": RangeState.FAILED,
+                            "lease_owner": None,
+                            "lease_token": None,
+                            "lease_expires_at": None,
+                            "finished_at": now,
+                        }
+                        if gave_up
+                        else {}
+                    ),
+                )
+            )
+            record_event(
+                session,
+                row.migration_id,
+                "range_failed" if gave_up else "range_taken_over",
+                actor=owner,
+                from_state=RangeState.RUNNING,
+                to_state=RangeState.FAILED if gave_up else RangeState.RUNNING,
+                range_id=range_id,
+                reason=died[:500],
+                details={"attempts": row.attempts, "lost_leases": row.lost_leases},
+            )
+            if gave_up:
+                log.error(
+                    "range_failed",
+                    migration=row.migration_id,
+                    range=range_id,
+                    attempts=row.attempts,
+                    error=died,
+                )
+                return None
         record_event(
             session,
             row.migration_id,
@@ -370,6 +443,21 @@ def fail(db: Database, claim_: Claim, error: str, max_attempts: int) -> str | No
             details={"attempts": attempts},
         )
         return new_state
+
+
+def note_refusal(db: Database, migration_id: int, range_id: int, actor: str, reason: str) -> None:
+    """A worker refused a range before claiming it (its configuration cannot serve the
+    migration): keep the reason on the pending range and as an event, count no attempt."""
+    now = utcnow()
+    with db.session() as session:
+        session.execute(
+            update(Range)
+            .where(Range.id == range_id, Range.state == RangeState.PENDING)
+            .values(last_error=reason[:2000], updated_at=now)
+        )
+        record_event(
+            session, migration_id, "range_refused", actor=actor, range_id=range_id, reason=reason
+        )
 
 
 def pause_migration(session: Session, migration: Migration, *, actor: str, reason: str) -> None:

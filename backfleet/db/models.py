@@ -16,6 +16,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -42,6 +43,23 @@ class MigrationState:
     #: unless that migration is rolled back: then live again)
     SUPERSEDED = "superseded"
 
+    #: States in which a migration owns its alias: at most one per alias (a partial unique
+    #: index). ``rolled_back`` may still go canary or live again; ``live`` is the alias's
+    #: current generation waiting out its holdover, and a new plan may start from it.
+    ACTIVE = (
+        "planned",
+        "backfilling",
+        "catching_up",
+        "verified",
+        "canary",
+        "paused",
+        "rolled_back",
+    )
+
+
+#: ``WHERE`` of the one-active-migration-per-alias index (same text on Postgres and SQLite)
+ACTIVE_ALIAS_WHERE = "state IN (" + ", ".join(f"'{s}'" for s in MigrationState.ACTIVE) + ")"
+
 
 class RangeState:
     PENDING = "pending"
@@ -55,6 +73,15 @@ class RangeState:
 
 class Migration(Base):
     __tablename__ = "bf_migrations"
+    __table_args__ = (
+        Index(
+            "ux_bf_migrations_active_alias",
+            "alias",
+            unique=True,
+            postgresql_where=text(ACTIVE_ALIAS_WHERE),
+            sqlite_where=text(ACTIVE_ALIAS_WHERE),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     alias: Mapped[str] = mapped_column(String(64), index=True)
@@ -73,6 +100,10 @@ class Migration(Base):
     cutover_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     #: spending cap in USD for this migration (None: no cap)
     budget_usd: Mapped[float | None] = mapped_column(Float)
+    #: the source it was planned on (no secrets): workers with another source refuse its
+    #: ranges; None for migrations planned before revision 0004 (accepted as before)
+    source_identity: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    source_fingerprint: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
@@ -90,6 +121,10 @@ class Range(Base):
     state: Mapped[str] = mapped_column(String(16))
     cursor: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: every lease granted on this range, and those taken over from an expired lease (the
+    #: holder died or stalled): a takeover counts an attempt too
+    claims: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    lost_leases: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     lease_owner: Mapped[str | None] = mapped_column(String(255))
     lease_token: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -199,3 +234,31 @@ class Event(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ReembedState:
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class ReembedRequest(Base):
+    """One request to re-embed named documents (dead-letter retry, repair): Postgres work,
+    re-sent by the reaper until a worker marks it done."""
+
+    __tablename__ = "bf_reembed_requests"
+    __table_args__ = (Index("ix_bf_reembed_requests_state", "state", "dispatched_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    migration_id: Mapped[int] = mapped_column(
+        ForeignKey("bf_migrations.id", ondelete="CASCADE"), index=True
+    )
+    doc_ids: Mapped[list[str]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16))
+    #: tasks sent for it (the first one included)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
