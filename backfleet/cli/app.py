@@ -210,7 +210,8 @@ def worker(
     capp.backfleet_context.slots = concurrency if pool == "threads" else 1
     _warm_on_start(capp, pool)
     node = name or f"backfleet-{os.getpid()}@%h"
-    capp.worker_main(
+    code = _run_celery(
+        capp,
         [
             "worker",
             "-Q",
@@ -226,8 +227,30 @@ def worker(
             loglevel,
             "--without-gossip",
             "--without-mingle",
-        ]
+        ],
     )
+    if code:
+        raise typer.Exit(int(code))
+
+
+def _run_celery(capp: Any, argv: list[str]) -> int:
+    """Run the Celery command line and return its exit code.
+
+    Not ``worker_main``/``start``: with click's non-standalone mode Celery *returns* the
+    worker's exit code and they drop it, so a worker that stopped on an "Unrecoverable
+    error" (EX_FAILURE) exited 0 and a supervisor's on-failure policy left it down.
+    """
+    import click
+    from celery.bin.celery import celery as celery_cli
+
+    celery_cli.params[0].default = capp
+    try:
+        code = celery_cli.main(args=argv, standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    finally:
+        celery_cli.params[0].default = None
+    return code if isinstance(code, int) else 0
 
 
 def _warm_on_start(capp: Any, pool: str) -> None:
