@@ -27,8 +27,8 @@ from backfleet.errors import (
     BackfleetError,
     InvalidEmbedding,
     LeaseLost,
-    ModelMismatch,
     ProviderRejected,
+    Retryable,
     ServiceUnavailable,
     VectorStoreUnavailable,
 )
@@ -37,6 +37,7 @@ from backfleet.logs import get_logger
 from backfleet.readahead import ReadAhead
 from backfleet.source import Doc, Source, SourceId, text_hash
 from backfleet.vectorstore import Generation
+from workers import readiness
 from workers.context import WorkerContext
 
 log = get_logger("backfleet.pipeline")
@@ -336,21 +337,43 @@ class RangePipeline:
             )
         return True
 
+    def _not_ready(
+        self, migration_id: int, range_id: int, kind: str, exc: BackfleetError
+    ) -> Outcome:
+        """A task that cannot get to its claim: recorded for ``status``, the range untouched.
+
+        Retryable (a provider or service outage): "released", re-sent with the countdown.
+        Permanent (an unknown label, another model): "refused", the reaper re-sends it.
+        """
+        error = f"{type(exc).__name__}: {exc}"
+        log.error(kind, migration=migration_id, range=range_id, error=error)
+        if isinstance(exc, VectorStoreUnavailable):
+            self.ctx.reset_store()
+        readiness.report_not_ready(
+            self.ctx.db,
+            migration_id,
+            range_id,
+            actor=self.ctx.process_owner,
+            kind=kind,
+            error=error,
+        )
+        return "released" if isinstance(exc, Retryable) else "refused"
+
     def run(self, migration_id: int, range_id: int) -> Outcome:
         ctx = self.ctx
         cfg = ctx.settings.backfill
         migration = ctx.migration(migration_id)
-        embedder = ctx.embedder(migration.target_model)
+        try:
+            embedder = ctx.embedder(migration.target_model)
+        except BackfleetError as exc:  # no claim, no attempt: say so in status, try again
+            return self._not_ready(migration_id, range_id, readiness.MODEL_UNAVAILABLE, exc)
         target = ModelIdentity.from_json(migration.target_identity)
         try:
             target.require_same(embedder.identity, f"migration {migration_id}")
-        except ModelMismatch as exc:
-            log.error(
-                "worker_model_mismatch", migration=migration_id, range=range_id, error=str(exc)
-            )
-            return "refused"
-        generation = ctx.generation(migration.target_generation)
-        generation.require_model(embedder.identity)
+            generation = ctx.generation(migration.target_generation)
+            generation.require_model(embedder.identity)
+        except BackfleetError as exc:
+            return self._not_ready(migration_id, range_id, readiness.CANNOT_SERVE, exc)
         source = ctx.source
         owner = ctx.owner
         claim = checkpoint.claim(ctx.db, range_id, owner, cfg.lease_seconds)

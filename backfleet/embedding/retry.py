@@ -91,12 +91,18 @@ def call_provider(
     *,
     max_attempts: int = 6,
     max_wait: float = 60.0,
+    labels: tuple[str, str] | None = None,
 ) -> EmbedResult:
     """One provider call under the fleet-wide limiter, retried by tenacity on Retryable,
-    with its metrics: what the backfill, re-embeds and dual writes all send through."""
+    with its metrics: what the backfill, re-embeds and dual writes all send through.
+
+    ``labels`` (provider, model name) name the metrics; by default the embedder's identity,
+    which the identity probe itself cannot use (it is what the probe establishes).
+    """
     tokens = sum(embedder.count_tokens(t) for t in texts) if throttle.counts_tokens else 0
-    ident = embedder.identity
-    labels = (ident.provider, ident.name)
+    if labels is None:
+        ident = embedder.identity
+        labels = (ident.provider, ident.name)
 
     def attempt() -> EmbedResult:
         waited = throttle.acquire(tokens)
