@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -51,6 +51,9 @@ class MigrationStatus:
     refused: list[dict[str, Any]] = field(default_factory=list)
     #: re-embed requests (dead-letter retry, repair) by state: pending, done, failed
     reembeds: dict[str, int] = field(default_factory=dict)
+    #: workers that could not serve this migration's tasks lately (they got no claim):
+    #: worker process, kind, error, range, when (newest report per worker and kind)
+    worker_errors: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,6 +106,7 @@ def migration_status(
             else None
         )
         refused = _refusals(session, migration.id)
+        worker_errors = _worker_errors(session, migration.id)
     from coordinator.catchup import latest_passes
 
     passes = latest_passes(db, migration.id)
@@ -144,6 +148,7 @@ def migration_status(
         settled=bool(passes and passes[-1]["settled"]),
         refused=refused,
         reembeds=reembeds.counts(db, migration.id),
+        worker_errors=worker_errors,
     )
 
 
@@ -171,3 +176,45 @@ def _refusals(session: Any, migration_id: int) -> list[dict[str, Any]]:
                 "at": ev.at.isoformat(),
             }
     return sorted(latest.values(), key=lambda r: r["range"])
+
+
+#: the event kinds a worker records when a task cannot get to its claim (workers/readiness.py)
+WORKER_ERROR_KINDS = ("worker_model_unavailable", "worker_cannot_serve")
+#: a worker's report is shown this long, unless that worker claimed a range of it since
+WORKER_ERROR_SECONDS = 600.0
+
+
+def _worker_errors(session: Any, migration_id: int) -> list[dict[str, Any]]:
+    """The newest report per worker process and kind, recent and not followed by a claim."""
+    since = utcnow() - timedelta(seconds=WORKER_ERROR_SECONDS)
+    rows = session.execute(
+        select(Event)
+        .where(
+            Event.migration_id == migration_id,
+            Event.kind.in_((*WORKER_ERROR_KINDS, "range_claimed")),
+            Event.at >= since,
+        )
+        .order_by(Event.id)
+    ).scalars()
+    latest: dict[tuple[str, str], Event] = {}
+    for event in rows:
+        if event.kind == "range_claimed":  # actor host:pid:thread; reports are by host:pid
+            process = event.actor.rsplit(":", 1)[0]
+            for key in [k for k in latest if k[0] == process]:
+                del latest[key]
+            continue
+        latest[(event.actor, event.kind)] = event
+    out = []
+    for e in sorted(latest.values(), key=lambda e: e.id, reverse=True):
+        at = _aware(e.at)
+        out.append(
+            {
+                "worker": e.actor,
+                "kind": e.kind,
+                "error": e.reason,
+                "range": e.range_id,
+                "at": at.isoformat() if at else None,
+                "repeats": int((e.details or {}).get("repeats", 1)),
+            }
+        )
+    return out

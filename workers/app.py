@@ -8,10 +8,13 @@ from celery import Celery
 
 from backfleet.errors import ConfigError
 from backfleet.limits import Throttle
+from backfleet.logs import get_logger
 from backfleet.settings import Settings
 from workers.context import WorkerContext
 from workers.dual_write import register as register_dual_write
 from workers.tasks import register_tasks
+
+log = get_logger("backfleet.worker")
 
 
 def create_app(settings: Settings, *, eager: bool = False, throttle: Throttle | None = None) -> Any:
@@ -20,6 +23,8 @@ def create_app(settings: Settings, *, eager: bool = False, throttle: Throttle | 
     ``eager`` runs tasks in the calling process (the demo: no broker, same pipeline code).
     """
     cfg = settings.backfill
+    if not eager:
+        patch_kombu_restore_unacked()
     if cfg.visibility_timeout_seconds <= cfg.lease_seconds:
         raise ConfigError(
             "backfill.visibility_timeout_seconds must be longer than backfill.lease_seconds",
@@ -50,3 +55,35 @@ def create_app(settings: Settings, *, eager: bool = False, throttle: Throttle | 
     register_dual_write(app, ctx)
     app.backfleet_context = ctx
     return app
+
+
+def patch_kombu_restore_unacked() -> None:
+    """Survive a broker restart: kombu's Redis ``QoS.restore_unacked`` on a dead connection.
+
+    When Redis goes away, Celery collects the consumer's connection, which detaches the
+    transport from it (``transport.client = None``); a channel that still holds unacked
+    messages and is closed after that tries to push them back through a new pool built from
+    ``transport.client.hostname`` and raises ``AttributeError: 'NoneType' object has no
+    attribute 'hostname'`` (kombu 5.7.0). In the consumer that is an "Unrecoverable error":
+    the worker stops. Nothing can be restored through a connection that is gone, and nothing
+    is lost by not trying: the messages stay in Redis's unacked index if Redis kept them
+    (restored after the visibility timeout), and Postgres is the truth — the reaper re-sends
+    every pending range and every range whose lease expired. So the channel forgets them.
+    """
+    from kombu.transport import redis as kombu_redis
+
+    qos_cls: Any = kombu_redis.QoS
+    if getattr(qos_cls, "_backfleet_patched", False):
+        return
+    original = qos_cls.restore_unacked
+
+    def restore_unacked(self: Any, client: Any = None) -> Any:
+        transport = getattr(self.channel, "connection", None)
+        if client is None and (transport is None or getattr(transport, "client", None) is None):
+            log.warning("broker_unacked_not_restored", messages=len(self._delivered))
+            self._delivered.clear()
+            return None
+        return original(self, client)
+
+    qos_cls.restore_unacked = restore_unacked
+    qos_cls._backfleet_patched = True

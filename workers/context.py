@@ -15,6 +15,7 @@ from backfleet.db.models import Migration, MigrationState
 from backfleet.db.session import Database, check_reachable, make_engine
 from backfleet.embedding.base import Embedder
 from backfleet.embedding.factory import embedder_for
+from backfleet.embedding.probe import establish_identity
 from backfleet.errors import BackfleetError, NotFound
 from backfleet.limits import Throttle, build_throttle
 from backfleet.logs import get_logger
@@ -44,6 +45,8 @@ class WorkerContext:
 
     def _reset(self) -> None:
         self._pid = os.getpid()
+        #: one identity probe per process and model at a time (the warm-up and a first task)
+        self._probe_lock = threading.Lock()
         self._db: Database | None = None
         self._source: Source | None = None
         self._store: VectorStore | None = None
@@ -93,12 +96,33 @@ class WorkerContext:
                 )
             return self._store
 
+    @property
+    def process_owner(self) -> str:
+        """This worker process (``host:pid``): who reports that it cannot serve a migration."""
+        return f"{socket.gethostname()}:{os.getpid()}"
+
     def embedder(self, label: str) -> Embedder:
+        """The embedder of ``label`` with its model identity established (cached).
+
+        The identity probe goes through the fleet throttle and the retry layer, once per
+        process and model. A probe that fails raises its error and caches nothing: the next
+        task probes again.
+        """
         self._check_pid()
         with self._lock:
-            if label not in self._embedders:
-                self._embedders[label] = embedder_for(self.settings, label)
-            return self._embedders[label]
+            ready = self._embedders.get(label)
+        if ready is not None:
+            return ready
+        with self._probe_lock:
+            with self._lock:
+                ready = self._embedders.get(label)
+            if ready is not None:
+                return ready
+            embedder = embedder_for(self.settings, label)
+            establish_identity(embedder, self.throttle(label))
+            with self._lock:
+                self._embedders[label] = embedder
+            return embedder
 
     def throttle(self, label: str) -> Throttle:
         self._check_pid()

@@ -32,6 +32,7 @@ from backfleet.errors import (
     ModelMismatch,
     ProviderRejected,
     ProviderTimeout,
+    Retryable,
     ServiceUnavailable,
     SourceMismatch,
     VectorStoreUnavailable,
@@ -43,6 +44,7 @@ from backfleet.source import Doc, Source, SourceId, id_too_long, text_hash
 from backfleet.source_identity import require_same_source, source_identity
 from backfleet.vectorstore import Generation
 from backfleet.vectorstore.generation import STR_ID_MAX
+from workers import readiness
 from workers.context import WorkerContext
 
 log = get_logger("backfleet.pipeline")
@@ -376,11 +378,36 @@ class RangePipeline:
             )
         return True
 
+    def _not_ready(
+        self, migration_id: int, range_id: int, kind: str, exc: BackfleetError
+    ) -> Outcome:
+        """A task that cannot get to its claim: recorded for ``status``, the range untouched.
+
+        Retryable (a provider or service outage): "released", re-sent with the countdown.
+        Permanent (an unknown label, another model): "refused", the reaper re-sends it.
+        """
+        error = f"{type(exc).__name__}: {exc}"
+        log.error(kind, migration=migration_id, range=range_id, error=error)
+        if isinstance(exc, VectorStoreUnavailable):
+            self.ctx.reset_store()
+        readiness.report_not_ready(
+            self.ctx.db,
+            migration_id,
+            range_id,
+            actor=self.ctx.process_owner,
+            kind=kind,
+            error=error,
+        )
+        return "released" if isinstance(exc, Retryable) else "refused"
+
     def run(self, migration_id: int, range_id: int) -> Outcome:
         ctx = self.ctx
         cfg = ctx.settings.backfill
         migration = ctx.migration(migration_id)
-        embedder = ctx.embedder(migration.target_model)
+        try:
+            embedder = ctx.embedder(migration.target_model)
+        except BackfleetError as exc:  # no claim, no attempt: say so in status, try again
+            return self._not_ready(migration_id, range_id, readiness.MODEL_UNAVAILABLE, exc)
         target = ModelIdentity.from_json(migration.target_identity)
         try:
             target.require_same(embedder.identity, f"migration {migration_id}")
@@ -390,8 +417,11 @@ class RangePipeline:
             )
             checkpoint.note_refusal(ctx.db, migration_id, range_id, ctx.owner, str(exc))
             return "refused"
-        generation = ctx.generation(migration.target_generation)
-        generation.require_model(embedder.identity)
+        try:
+            generation = ctx.generation(migration.target_generation)
+            generation.require_model(embedder.identity)
+        except BackfleetError as exc:
+            return self._not_ready(migration_id, range_id, readiness.CANNOT_SERVE, exc)
         source = ctx.source
         owner = ctx.owner
         try:

@@ -245,11 +245,13 @@ def worker(
     s.model()  # a config without its target model refuses to start, not each task
     capp = celery_app(s)
     check_broker(capp, s)
+    _refuse_unservable(s)
     # a thread pool runs `concurrency` ranges in one process: size its connection pools
     capp.backfleet_context.slots = concurrency if pool == "threads" else 1
     _warm_on_start(capp, pool)
     node = name or f"backfleet-{os.getpid()}@%h"
-    capp.worker_main(
+    code = _run_celery(
+        capp,
         [
             "worker",
             "-Q",
@@ -265,8 +267,69 @@ def worker(
             loglevel,
             "--without-gossip",
             "--without-mingle",
-        ]
+        ],
     )
+    if code:
+        raise typer.Exit(int(code))
+
+
+def _refuse_unservable(s: Settings) -> None:
+    """Refuse to start (exit 2, one line) if an active migration of this worker's queue
+    needs what this configuration cannot give: its model label and identity, its target
+    generation, a readable source. Outages are not reasons: the worker starts and waits."""
+    from backfleet.cli.wiring import open_db, open_source, open_store
+    from backfleet.db.schema import current_revision
+    from backfleet.logs import get_logger
+    from workers.readiness import Checks, refuse_unservable
+
+    log = get_logger("backfleet.worker")
+    try:
+        db = open_db(s, require_schema=False)
+        if current_revision(db.engine) is None:
+            log.warning("worker_start_check_skipped", reason="no checkpoint schema yet")
+            return
+    except BackfleetError as exc:
+        log.warning("worker_start_check_skipped", error=str(exc))
+        return
+    stores: list[Any] = []
+
+    def generation_exists(name: str) -> object:
+        if not stores:
+            stores.append(open_store(s))
+        return stores[0].describe(name)
+
+    def source_readable() -> object:
+        source = open_source(s)
+        source.engine.dispose()
+        return source
+
+    try:
+        checked = refuse_unservable(s, db, Checks(generation_exists, source_readable))
+        log.info("worker_start_checked", migrations=checked)
+    finally:
+        for store in stores:
+            store.close()
+        db.dispose()
+
+
+def _run_celery(capp: Any, argv: list[str]) -> int:
+    """Run the Celery command line and return its exit code.
+
+    Not ``worker_main``/``start``: with click's non-standalone mode Celery *returns* the
+    worker's exit code and they drop it, so a worker that stopped on an "Unrecoverable
+    error" (EX_FAILURE) exited 0 and a supervisor's on-failure policy left it down.
+    """
+    import click
+    from celery.bin.celery import celery as celery_cli
+
+    celery_cli.params[0].default = capp
+    try:
+        code = celery_cli.main(args=argv, standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    finally:
+        celery_cli.params[0].default = None
+    return code if isinstance(code, int) else 0
 
 
 def _warm_on_start(capp: Any, pool: str) -> None:

@@ -21,6 +21,17 @@ from coordinator.status import MigrationStatus, migration_status
 RECENT_SECONDS = 60.0
 
 
+def worker_errors_table(errors: list[dict[str, Any]]) -> Table:
+    """Workers whose tasks for this migration could not get to a claim, and why."""
+    table = Table(title="workers that cannot serve this migration (no claim, no attempt)")
+    for column in ("worker", "range", "last seen", "error"):
+        table.add_column(column)
+    for e in errors:
+        repeats = f" (x{e['repeats']})" if e.get("repeats", 1) > 1 else ""
+        table.add_row(str(e["worker"]), str(e["range"]), f"{e['at']}{repeats}", str(e["error"]))
+    return table
+
+
 class StatusWatcher:
     """Samples a migration's status; keeps recent samples for the recent rate and ETA."""
 
@@ -102,6 +113,8 @@ class StatusWatcher:
             parts.append(recent)
         if limits is not None:
             parts.append(throttle_table(limits))
+        if st.worker_errors:
+            parts.append(worker_errors_table(st.worker_errors))
         return Group(*parts)
 
     def watch(self, console: Console, interval: float, *, as_json: bool = False) -> None:

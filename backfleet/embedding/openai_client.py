@@ -152,9 +152,16 @@ class OpenAIEmbedder:
 
     @cached_property
     def identity(self) -> ModelIdentity:
-        """The model identity; the fingerprint costs one call on first access (cached)."""
-        probe = self.embed(list(PROBE_TEXTS)).vectors
-        return ModelIdentity(
+        """The model identity; the fingerprint costs one call on first access (cached).
+
+        Workers establish it first through the fleet throttle and the retry layer
+        (:func:`backfleet.embedding.probe.establish_identity`).
+        """
+        return self.identity_from_probe(self.embed(list(PROBE_TEXTS)).vectors)
+
+    def identity_from_probe(self, probe: Matrix) -> ModelIdentity:
+        """The identity whose fingerprint is of ``probe`` (the vectors of PROBE_TEXTS); cached."""
+        identity = ModelIdentity(
             provider=self.provider,
             name=self.name,
             version=self.version,
@@ -162,6 +169,8 @@ class OpenAIEmbedder:
             metric=self.metric,
             fingerprint=fingerprint_vectors(probe.tolist()),
         )
+        self.__dict__["identity"] = identity  # what the cached_property returns from now on
+        return identity
 
     def embed(self, texts: list[str]) -> EmbedResult:
         """One provider call for ``texts``; raises a converted error on failure."""

@@ -101,13 +101,19 @@ def call_provider(
     max_attempts: int = 6,
     max_wait: float = 60.0,
     split_timeouts: bool = False,
+    labels: tuple[str, str] | None = None,
 ) -> EmbedResult:
     """One provider call under the fleet-wide limiter, retried by tenacity on Retryable,
     with its metrics: what the backfill, re-embeds and dual writes all send through.
-    ``split_timeouts``: a timeout is raised at once (the caller splits the request)."""
+
+    ``split_timeouts``: a timeout is raised at once (the caller splits the request).
+    ``labels`` (provider, model name) name the metrics; by default the embedder's identity,
+    which the identity probe itself cannot use (it is what the probe establishes).
+    """
     tokens = sum(embedder.count_tokens(t) for t in texts) if throttle.counts_tokens else 0
-    ident = embedder.identity
-    labels = (ident.provider, ident.name)
+    if labels is None:
+        ident = embedder.identity
+        labels = (ident.provider, ident.name)
 
     def attempt() -> EmbedResult:
         waited = throttle.acquire(tokens)

@@ -143,18 +143,9 @@ def test_generation_model_mismatch_refused(env: dict[str, str], tmp_path: Path) 
     changed = {**env, "BACKFLEET_MODELS": json.dumps(models)}
     msg = one_error_line(run(["start"], changed, tmp_path))
     assert "is bound to model" in msg and "dimension: 384 != 512" in msg
-    # a worker with that configuration refuses the range instead of writing into it
-    fleet = WorkerFleet(changed, tmp_path)
-    fleet.start(1, concurrency=1)
-    try:
-        wait_for(
-            lambda: "worker_model_mismatch" in fleet.logs(),
-            60,
-            "the worker to refuse",
-            on_timeout=fleet.logs,
-        )
-    finally:
-        fleet.stop()
+    # a worker with that configuration refuses to start instead of writing into it
+    msg = one_error_line(run(["worker", "--pool", "solo"], changed, tmp_path))
+    assert "migration 1" in msg and "dimension 512 != 384" in msg, msg
     st = json.loads(run(["status", "--json"], env, tmp_path).stdout)
     assert st["docs_done"] == 0 and st["ranges"]["pending"] == 4
 

@@ -113,11 +113,19 @@ def test_budget_pauses_then_raise_and_resume_finishes(
         proc = subprocess.Popen(
             [str(BIN), "worker", "-C", "1", "--metrics-port", str(port)],
             env={**os.environ, **env},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=open(tmp_path / "m" / "worker-0.log", "ab"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         fleet_metrics.procs.append(proc)
+        # resumed ranges go to whichever worker is consuming: let this one be (it checks the
+        # active migrations and fingerprints the model before it consumes)
+        wait_for(
+            lambda: " ready." in (tmp_path / "m" / "worker-0.log").read_text(errors="replace"),
+            60,
+            "the metrics worker to be ready",
+            on_timeout=fleet_metrics.logs,
+        )
         resumed = cli(["resume"], env, tmp_path)
         assert resumed.returncode == 0, resumed.stderr
         wait_for(
