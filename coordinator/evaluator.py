@@ -35,7 +35,7 @@ from backfleet.router import embedder_for_identity
 from backfleet.settings import CutoverSettings, Settings
 from backfleet.source import Source, SourceId
 from backfleet.vectorstore import Generation, VectorStore
-from backfleet.vectorstore.generation import id_literal
+from backfleet.vectorstore.expr import range_filter
 from coordinator.golden import GoldenSet
 
 log = get_logger("backfleet.evaluator")
@@ -194,7 +194,9 @@ def index_recall(
         if points:
             hi = points[0]
             scope = f"the first {max_rows:,} ids of {rows:,} rows (cutover.exact_scan_max_rows)"
-    found = gen.search(vectors, k, fields=(), filter=f"id < {id_literal(hi)}" if hi else "")
+    found = gen.search(
+        vectors, k, fields=(), filter=range_filter(None, hi, gen.id_type) if hi is not None else ""
+    )
     exact = exact_top_k(vectors, _vector_batches(gen, hi), gen.identity.metric, k)
     shares = [overlap([h["id"] for h in f], e) for f, e in zip(found, exact, strict=True)]
     return sum(shares) / max(1, len(shares)), scope
