@@ -119,7 +119,7 @@ def test_text_ids_that_look_like_expressions_reconcile_clean_and_repair_deletes_
         # --repair deletes nothing (today: 106 valid rows deleted)
         proc = cli(["reconcile", "--repair", "--json", "--sample", "0"], env, tmp_path)
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert json.loads(proc.stdout)["repair"] == {"deleted": 0, "enqueued": 0}
+        assert json.loads(proc.stdout)["repair"] == {"deleted": 0, "enqueued": 0, "refused": 0}
         assert shadow.count() == len(IDS)
         got = {r["id"] for r in shadow.get(IDS, ["id"])}
         assert got == set(IDS)
@@ -141,7 +141,7 @@ def test_text_ids_that_look_like_expressions_reconcile_clean_and_repair_deletes_
         assert shadow.count() == len(IDS)
         proc = cli(["reconcile", "--repair", "--json", "--sample", "0"], env, tmp_path)
         assert proc.returncode == 1, proc.stdout + proc.stderr
-        assert json.loads(proc.stdout)["repair"] == {"deleted": 0, "enqueued": 1}
+        assert json.loads(proc.stdout)["repair"] == {"deleted": 0, "enqueued": 1, "refused": 0}
 
         def repaired() -> bool:
             return cli(["reconcile", "--sample", "0"], env, tmp_path).returncode == 0
