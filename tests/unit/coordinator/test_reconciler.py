@@ -157,7 +157,7 @@ def test_repair_deletes_nothing_when_a_scan_returns_every_row(
 def test_repair_deletes_only_extras_confirmed_by_exact_id(
     setup: tuple[Source, FakeGeneration, HashingEmbedder],
 ) -> None:
-    source, gen, emb = setup
+    source, gen, _emb = setup
     gen.put(9999, np.ones(64), "x")
     gen.copies[30] = 2
     repairer = Repairer(gen, lambda ids: None, batch_size=2)  # type: ignore[arg-type]
