@@ -71,7 +71,7 @@ AWKWARD = [
     "[1, 2]",
     "%_*",
 ]
-ID_CHARS = st.characters(exclude_categories=("Cs",), exclude_characters="\x00")
+ID_CHARS = st.characters(exclude_categories=["Cs"], exclude_characters="\x00")
 IDS = st.one_of(st.sampled_from(AWKWARD), st.text(ID_CHARS, max_size=40))
 
 
@@ -186,7 +186,7 @@ def test_arbitrary_unicode_ids_round_trip(
         # count of a range [lo, hi) between two of them
         lo, hi = sorted(data.draw(st.lists(st.sampled_from(ordered), min_size=2, max_size=2)))
         lo, hi = sorted((lo, hi), key=id_sort_key)
-        inside = [i for i in ordered if id_sort_key(lo) <= id_sort_key(i) < id_sort_key(hi)]
+        inside = [i for i in ordered if lo.encode() <= i.encode() < hi.encode()]
         assert gen.count(lo, hi) == len(inside)
         # get: exact ids only
         got = sorted((r["id"] for r in gen.get(ids[:3], ["id"])), key=id_sort_key)

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 
 from backfleet.corpus import make_text
 from backfleet.db.schema import upgrade
@@ -57,11 +57,11 @@ def cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Completed
     )
 
 
-def seed_text_ids(engine: object, ids: list[str]) -> None:
+def seed_text_ids(engine: Engine, ids: list[str]) -> None:
     import random
 
     rng = random.Random(3)
-    with engine.begin() as conn:  # type: ignore[attr-defined]
+    with engine.begin() as conn:
         conn.execute(
             text(
                 "CREATE TABLE IF NOT EXISTS documents (id text PRIMARY KEY, text text NOT NULL, "
