@@ -225,3 +225,20 @@ def test_pages_of_one_row_end(milvus_uri: str) -> None:
         assert len(pages) <= len(ids)
     finally:
         store.drop(gen.name)
+
+
+def test_audit_scans_and_samples_awkward_text_ids(milvus_uri: str) -> None:
+    from backfleet.vectorstore.audit import audit_collection
+
+    ids = sorted(set(AWKWARD), key=id_sort_key)
+    store = VectorStore(milvus_uri)
+    gen = generation(store, "str")
+    try:
+        upsert(gen, ids)
+        full = audit_collection(store, gen.name, batch_size=4)
+        assert full.rows == full.scanned == full.vectors_examined == len(ids)
+        sampled = audit_collection(store, gen.name, sample=len(ids), batch_size=4, seed=1)
+        assert sampled.scanned == sampled.vectors_examined == len(ids)
+        assert not full.mixed and not sampled.mixed
+    finally:
+        store.drop(gen.name)
