@@ -317,6 +317,8 @@ def run_pass(
             src.update(fetched)  # looked-at ids that still exist (deleted meanwhile: absent)
             found.extend(changes.diff_hashes(src, shadow))
         details["candidates"] = candidates
+    # a delete only for an id confirmed gone by exact-id lookups (source and shadow)
+    found.deleted = changes.confirm_gone(source, gen, found.deleted, batch)
     applied = apply(migration_id, [*found.changed, *found.created], list(found.deleted))
     tail_applied = 0
     if new_ranges:

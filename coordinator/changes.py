@@ -196,6 +196,19 @@ def shadow_hashes(
     }
 
 
+def confirm_gone(
+    source: Source, gen: Generation, ids: Sequence[SourceId], batch: int
+) -> list[SourceId]:
+    """The ids of ``ids`` that may be deleted from the shadow, each confirmed *by exact id*:
+    stored in the shadow and absent from the source (or blank there)."""
+    out: list[SourceId] = []
+    for part in chunks(ids, batch):
+        alive = {d.id for d in source.fetch(part) if not blank(d.text)}
+        stored = {r["id"] for r in gen.get(part, ["id"])}
+        out.extend(i for i in part if i in stored and i not in alive)
+    return out
+
+
 def ids_after(source: Source, after: str) -> tuple[int, SourceId | None]:
     """``(count, smallest id)`` of the documents with an id above ``after``."""
     # min() of the key: ordered like the ranges (bytewise for text ids)

@@ -35,7 +35,7 @@ from backfleet.router import embedder_for_identity
 from backfleet.settings import CutoverSettings, Settings
 from backfleet.source import Source, SourceId
 from backfleet.vectorstore import Generation, VectorStore
-from backfleet.vectorstore.generation import id_literal
+from backfleet.vectorstore.expr import range_filter
 from coordinator.golden import GoldenSet
 
 log = get_logger("backfleet.evaluator")
@@ -242,7 +242,7 @@ def index_recall(
         if points:
             hi = points[0]
             scope = f"the first {max_rows:,} ids of {rows:,} rows (cutover.exact_scan_max_rows)"
-    id_filter = f"id < {id_literal(hi)}" if hi is not None else ""
+    id_filter = range_filter(None, hi, gen.id_type) if hi is not None else ""
     found = gen.search(vectors, k, fields=(), filter=id_filter, ef=ef, nprobe=nprobe)
     metric = gen.identity.metric
     exact = exact_top_k_scored(vectors, _vector_batches(gen, hi), metric, k)

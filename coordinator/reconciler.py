@@ -51,6 +51,7 @@ from backfleet.errors import ConfigError
 from backfleet.logs import get_logger
 from backfleet.source import Doc, Source, SourceId, id_too_long, text_hash
 from backfleet.vectorstore import Generation
+from backfleet.vectorstore.expr import id_sort_key
 from backfleet.vectorstore.generation import STR_ID_MAX
 
 log = get_logger("backfleet.reconciler")
@@ -68,7 +69,13 @@ SCAN_BATCH_MAX = 10_000
 
 
 class Repairer:
-    """What ``--repair`` does with ids found wrong: delete from Milvus, re-embed via workers."""
+    """What ``--repair`` does with ids found wrong: delete from Milvus, re-embed via workers.
+
+    A row is deleted only once it is identified *by exact id*: an extra must be stored in the
+    generation (an exact-id lookup) and absent from the source (an exact-id lookup; blank
+    text counts as absent, the pipeline never embeds it); a duplicate must count twice or
+    more under an exact-id filter. Every other candidate is refused, logged and counted.
+    """
 
     def __init__(
         self,
@@ -81,12 +88,48 @@ class Repairer:
         self.batch_size = batch_size
         self.deleted = 0
         self.enqueued = 0
+        self.refused = 0
+
+    def delete_extra(self, source: Source, ids: Sequence[SourceId]) -> list[SourceId]:
+        """Delete the ids confirmed extra by exact id; returns them."""
+        done: list[SourceId] = []
+        for i in range(0, len(ids), self.batch_size):
+            part = list(ids[i : i + self.batch_size])
+            in_source = {d.id for d in source.fetch(part) if _has_text(d)}
+            stored = {r["id"] for r in self.generation.get(part, ["id"])}
+            sure = [x for x in part if x in stored and x not in in_source]
+            self._refuse("extra", [x for x in part if x not in sure])
+            self._delete(sure)
+            done.extend(sure)
+        return done
+
+    def delete_duplicates(self, ids: Sequence[SourceId]) -> list[SourceId]:
+        """Delete every copy of the ids stored more than once (exact-id count); returns them."""
+        sure = [x for x in ids if self.generation.count_ids([x]) > 1]
+        self._refuse("duplicated", [x for x in ids if x not in sure])
+        for i in range(0, len(sure), self.batch_size):
+            self._delete(sure[i : i + self.batch_size])
+        return sure
 
     def delete(self, ids: Sequence[SourceId]) -> None:
         for i in range(0, len(ids), self.batch_size):
-            part = list(ids[i : i + self.batch_size])
+            self._delete(list(ids[i : i + self.batch_size]))
+
+    def _delete(self, part: list[SourceId]) -> None:
+        if part:
             self.generation.delete(part)
             self.deleted += len(part)
+
+    def _refuse(self, kind: str, ids: list[SourceId]) -> None:
+        if ids:
+            self.refused += len(ids)
+            log.warning(
+                "repair_delete_refused",
+                kind=kind,
+                ids=len(ids),
+                examples=[str(x) for x in ids[:EXAMPLES]],
+                error="not confirmed by an exact-id lookup in the source and the generation",
+            )
 
     def reembed(self, ids: Sequence[SourceId]) -> None:
         for i in range(0, len(ids), self.batch_size):
@@ -335,11 +378,12 @@ class Reconciler:
                 if not bad:
                     ok.append(rid)
         missing = [i for i in want if i not in seen]
-        dups = sorted(set(repeated))
+        dups = sorted(set(repeated), key=id_sort_key)
+        rows_here: int | None = None
         if not dups:
             rows_here = rows_known if rows_known is not None else gen.count(lo, hi)
             if rows_here > len(seen):
-                dups = self._find_duplicates(sorted(seen), lo, hi)
+                dups = self._find_duplicates(sorted(seen, key=id_sort_key), lo, hi)
         report.note("missing", missing)
         report.note("extra", extra)
         report.note("stale", stale)
@@ -352,10 +396,25 @@ class Reconciler:
                 continue
             sample.offer(rid, text)
         if self.repairer is not None:
-            extra_set = set(extra)
-            self.repairer.delete(list(dict.fromkeys([*extra, *dups])))
-            again = [*missing, *stale, *wrong, *(d for d in dups if d not in extra_set)]
-            self.repairer.reembed([i for i in dict.fromkeys(again) if i not in extra_set])
+            if rows_here is not None and rows_here < len(seen):
+                # the scan saw more ids than count(*) holds: this chunk is not trusted
+                log.warning(
+                    "repair_chunk_refused",
+                    range=report.seq,
+                    lo=lo,
+                    hi=hi,
+                    rows=rows_here,
+                    seen=len(seen),
+                    error="the scan and count(*) disagree; nothing deleted in this chunk",
+                )
+                self.repairer.refused += len(extra) + len(dups)
+                extra, dups = [], []
+            extra_set = set(self.repairer.delete_extra(self.source, extra))
+            dup_done = self.repairer.delete_duplicates([d for d in dups if d not in extra_set])
+            # a refused extra is left alone: neither deleted nor re-embedded
+            skip = set(extra)
+            again = [*missing, *stale, *wrong, *dup_done]
+            self.repairer.reembed([i for i in dict.fromkeys(again) if i not in skip])
 
     def _sampleable(self, text: str) -> bool:
         """Documents the pipeline truncated were embedded from other text: skip them."""
@@ -379,7 +438,7 @@ class Reconciler:
             mid = len(part) // 2
             stack.append((part[:mid], a, part[mid]))
             stack.append((part[mid:], part[mid], b))
-        return sorted(found)
+        return sorted(found, key=id_sort_key)
 
     def _check_vectors(self, report: RangeReport, sample: _Sample) -> None:
         if not sample.items or self.embedder is None:
@@ -484,7 +543,11 @@ def reconcile_migration(
         ids_per_second=(totals["source_docs"] + totals["extra"]) / seconds if seconds else 0.0,
         source_updated_max=rec.updated_max.isoformat() if rec.updated_max else None,
         repair=(
-            {"deleted": repairer.deleted, "enqueued": repairer.enqueued}
+            {
+                "deleted": repairer.deleted,
+                "enqueued": repairer.enqueued,
+                "refused": repairer.refused,
+            }
             if repairer is not None
             else None
         ),

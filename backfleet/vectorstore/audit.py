@@ -28,7 +28,14 @@ import numpy as np
 from backfleet.embedding.identity import ModelIdentity
 from backfleet.errors import ConfigError, VectorStoreError
 from backfleet.vectorstore.errors import call
-from backfleet.vectorstore.generation import OWNER, PROP_MODEL, PROP_OWNER, TIMEOUT
+from backfleet.vectorstore.expr import everything
+from backfleet.vectorstore.generation import (
+    OWNER,
+    PROP_MODEL,
+    PROP_OWNER,
+    get_rows,
+    scan_pages,
+)
 from backfleet.vectorstore.store import VectorStore
 
 MODEL_FIELDS = (
@@ -116,7 +123,7 @@ def _type_code(value: Any) -> int:
 def _schema(
     desc: dict[str, Any], vector_field: str | None
 ) -> tuple[str, str, str, int, str | None]:
-    """``(primary key, filter for all rows, vector field, dimension, model field)``."""
+    """``(primary key, its id type, vector field, dimension, model field)``."""
     fields = list(desc.get("fields") or [])
     pk_field = next((f for f in fields if f.get("is_primary")), None)
     pk = pk_field["name"] if pk_field is not None else None
@@ -146,12 +153,8 @@ def _schema(
     if model_field is None and desc.get("enable_dynamic_field"):
         model_field = "$dynamic"
     assert pk_field is not None
-    everything = (
-        f'{pk} >= ""'
-        if _type_code(pk_field.get("type")) == _VARCHAR
-        else f"{pk} >= -9223372036854775807 or {pk} < -9223372036854775807"
-    )
-    return str(pk), everything, str(chosen["name"]), dim, model_field
+    id_type = "str" if _type_code(pk_field.get("type")) == _VARCHAR else "int"
+    return str(pk), id_type, str(chosen["name"]), dim, model_field
 
 
 def _declared(desc: dict[str, Any]) -> str | None:
@@ -163,12 +166,12 @@ def _declared(desc: dict[str, Any]) -> str | None:
 
 class _Scanner:
     def __init__(
-        self, store: VectorStore, name: str, pk: str, everything: str, model_field: str | None
+        self, store: VectorStore, name: str, pk: str, id_type: str, model_field: str | None
     ) -> None:
         self.client = store.client
         self.name = name
         self.pk = pk
-        self.everything = everything
+        self.id_type = id_type
         self.model_field = model_field
 
     def fields(self, *extra: str) -> list[str]:
@@ -192,34 +195,13 @@ class _Scanner:
         return str(value) if value not in (None, "") else UNKNOWN
 
     def rows(self, fields: list[str], batch_size: int) -> Iterator[list[dict[str, Any]]]:
-        iterator = call(
-            f"scan {self.name}",
-            lambda: self.client.query_iterator(
-                self.name,
-                batch_size=batch_size,
-                filter=self.everything,
-                output_fields=fields,
-                consistency_level="Strong",
-                timeout=TIMEOUT,
-            ),
+        """Every row, in checked keyset pages with backfleet's own escaped filters."""
+        return scan_pages(
+            call, self.client, self.name, self.id_type, None, None, fields, batch_size, pk=self.pk
         )
-        try:
-            while True:
-                batch = call(f"scan {self.name}", iterator.next)
-                if not batch:
-                    return
-                yield [dict(r) for r in batch]
-        finally:
-            iterator.close()
 
     def get(self, ids: list[Any], fields: list[str]) -> list[dict[str, Any]]:
-        return [
-            dict(r)
-            for r in call(
-                f"get from {self.name}",
-                lambda: self.client.get(self.name, ids=ids, output_fields=fields, timeout=TIMEOUT),
-            )
-        ]
+        return get_rows(call, self.client, self.name, self.id_type, ids, fields, pk=self.pk)
 
 
 def audit_collection(
@@ -236,14 +218,17 @@ def audit_collection(
         raise ConfigError(f"sample size {sample} is not positive", hint="pass --sample N > 0")
     desc = store.describe(name)
     desc.setdefault("collection_name", name)
-    pk, everything, vfield, dim, model_field = _schema(desc, vector_field)
+    pk, id_type, vfield, dim, model_field = _schema(desc, vector_field)
     declared = _declared(desc)
-    scanner = _Scanner(store, name, pk, everything, model_field)
+    scanner = _Scanner(store, name, pk, id_type, model_field)
     rows_total = int(
         call(
             f"count {name}",
             lambda: store.client.query(
-                name, filter="", output_fields=["count(*)"], consistency_level="Strong"
+                name,
+                filter=everything(id_type, pk),
+                output_fields=["count(*)"],
+                consistency_level="Strong",
             ),
         )[0]["count(*)"]
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -14,6 +15,7 @@ from backfleet.embedding.identity import ModelIdentity
 from backfleet.errors import ModelMismatch, VectorStoreError
 from backfleet.logs import get_logger
 from backfleet.vectorstore.errors import call
+from backfleet.vectorstore.expr import id_sort_key, ids_in, range_filter
 from backfleet.vectorstore.request import ColumnsUnsupported, build_upsert, column_sender
 
 PROP_OWNER = "backfleet.owner"
@@ -29,6 +31,12 @@ TIMEOUT = 60.0
 NOT_LOADED = 101
 T = TypeVar("T")
 log = get_logger("backfleet.vectorstore")
+#: Ids per exact-id query (``id in [...]``): bounds the expression and the result.
+GET_BATCH = 1000
+#: Query parameters that make milvus-server return a page as the *smallest* ids matching the
+#: filter, in primary-key order (what pymilvus's own QueryIterator sends); a page may hold
+#: more or fewer rows than its limit, and only an empty page ends a scan.
+PK_ORDER = {"iterator": "True", "reduce_stop_for_best": "True"}
 #: cleared (for the process) when pymilvus refuses a prebuilt request: rows from then on
 _columns = {"usable": True}
 
@@ -43,23 +51,6 @@ def parse_generation_name(name: str) -> tuple[str, str, int] | None:
     if not m:
         return None
     return m.group("alias"), m.group("slug"), int(m.group("n"))
-
-
-def id_literal(value: int | str) -> str:
-    """A value as a Milvus filter literal (strings JSON-escaped)."""
-    if isinstance(value, int):
-        return str(value)
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'
-
-
-def range_filter(lo: int | str | None, hi: int | str | None) -> str:
-    parts = []
-    if lo is not None:
-        parts.append(f"id >= {id_literal(lo)}")
-    if hi is not None:
-        parts.append(f"id < {id_literal(hi)}")
-    return " and ".join(parts)
 
 
 class Generation:
@@ -155,21 +146,30 @@ class Generation:
         return len(rows)
 
     def delete(self, ids: Sequence[int | str]) -> None:
+        """Delete exactly these ids (every stored copy of each)."""
         if not ids:
             return
-        expr = f"id in [{', '.join(id_literal(i) for i in ids)}]"
+        expr = ids_in(list(ids), self.id_type)
         call(
             f"delete from {self.name}",
             lambda: self.client.delete(self.name, filter=expr, timeout=TIMEOUT),
         )
 
     def count(self, lo: int | str | None = None, hi: int | str | None = None) -> int:
-        """``count(*)`` at Strong consistency (never collection statistics)."""
+        """``count(*)`` of ``[lo, hi)`` at Strong consistency (never collection statistics);
+        an open bound is no bound."""
+        return self._count(range_filter(lo, hi, self.id_type))
+
+    def count_ids(self, ids: Sequence[int | str]) -> int:
+        """``count(*)`` of rows with exactly these ids (a duplicated id counts twice)."""
+        return self._count(ids_in(list(ids), self.id_type)) if ids else 0
+
+    def _count(self, expr: str) -> int:
         res = self._read(
             f"count {self.name}",
             lambda: self.client.query(
                 self.name,
-                filter=range_filter(lo, hi),
+                filter=expr,
                 output_fields=["count(*)"],
                 consistency_level="Strong",
                 timeout=TIMEOUT,
@@ -184,40 +184,22 @@ class Generation:
         fields: Sequence[str] = ("id", "text_hash", "model"),
         batch_size: int = 2000,
     ) -> Iterator[list[dict[str, Any]]]:
-        """Rows of ``[lo, hi)`` in batches, streamed with a query iterator (Strong)."""
-        expr = range_filter(lo, hi) or (
-            "id >= -9223372036854775807" if self.id_type == "int" else 'id >= ""'
+        """Rows of ``[lo, hi)`` in id order, in checked keyset pages (:func:`scan_pages`)."""
+        return scan_pages(
+            lambda what, fn: self._read(what, fn),
+            self.client,
+            self.name,
+            self.id_type,
+            lo,
+            hi,
+            fields,
+            batch_size,
         )
-        iterator = self._read(
-            f"scan {self.name}",
-            lambda: self.client.query_iterator(
-                self.name,
-                batch_size=batch_size,
-                filter=expr,
-                output_fields=list(fields),
-                consistency_level="Strong",
-                timeout=TIMEOUT,
-            ),
-        )
-        try:
-            while True:
-                rows = call(f"scan {self.name}", iterator.next)
-                if not rows:
-                    return
-                yield [dict(r) for r in rows]
-        finally:
-            iterator.close()
 
     def get(self, ids: Sequence[int | str], fields: Sequence[str]) -> list[dict[str, Any]]:
-        if not ids:
-            return []
-        return list(
-            self._read(
-                f"get from {self.name}",
-                lambda: self.client.get(
-                    self.name, ids=list(ids), output_fields=list(fields), timeout=TIMEOUT
-                ),
-            )
+        """Rows with exactly these ids (:func:`get_rows`)."""
+        return get_rows(
+            lambda what, fn: self._read(what, fn), self.client, self.name, self.id_type, ids, fields
         )
 
     def search(
@@ -252,3 +234,118 @@ class Generation:
             ),
         )
         return [list(hits) for hits in res]
+
+
+Reader = Callable[[str, Callable[[], Any]], Any]
+
+
+def scan_pages(
+    read: Reader,
+    client: Any,
+    name: str,
+    id_type: str,
+    lo: int | str | None,
+    hi: int | str | None,
+    fields: Sequence[str],
+    batch_size: int,
+    pk: str = "id",
+) -> Iterator[list[dict[str, Any]]]:
+    """Rows of ``[lo, hi)`` of collection ``name`` in primary-key order, in keyset pages.
+
+    Each page is a ``query`` (Strong) with backfleet's own escaped ``pk > <last id of the
+    previous page>`` (no client library builds a filter from an id), in primary-key order
+    (:data:`PK_ORDER`). A page is checked before it is yielded: ids in order, after the
+    previous page, inside ``[lo, hi)``; a page that is not is refused
+    (:class:`VectorStoreError`), never taken as "every row". Only an empty page ends a scan.
+    """
+    after: int | str | None = None
+    while True:
+        expr = range_filter(lo, hi, id_type, after=after, field=pk)
+
+        def page(expr: str = expr) -> Any:
+            return client.query(
+                name,
+                filter=expr,
+                output_fields=list(fields),
+                limit=batch_size,
+                consistency_level="Strong",
+                timeout=TIMEOUT,
+                **PK_ORDER,
+            )
+
+        rows = read(f"scan {name}", page)
+        if not rows:
+            return
+        batch = [dict(r) for r in rows]
+        _check_page(name, pk, batch, lo, hi, after)
+        after = batch[-1][pk]
+        yield batch
+
+
+def _check_page(
+    name: str,
+    pk: str,
+    page: list[dict[str, Any]],
+    lo: int | str | None,
+    hi: int | str | None,
+    after: int | str | None,
+) -> None:
+    keys: list[Any] = [id_sort_key(r[pk]) for r in page]
+    key: Callable[[int | str], Any] = id_sort_key
+    problem = None
+    if any(b < a for a, b in itertools.pairwise(keys)):
+        problem = "ids out of order"
+    elif after is not None and keys[0] <= key(after):
+        problem = f"id {page[0][pk]!r} not after the previous page's last id {after!r}"
+    elif lo is not None and keys[0] < key(lo):
+        problem = f"id {page[0][pk]!r} below the range's lower bound {lo!r}"
+    elif hi is not None and keys[-1] >= key(hi):
+        problem = f"id {page[-1][pk]!r} not below the range's upper bound {hi!r}"
+    if problem is not None:
+        log.warning("scan_page_refused", collection=name, lo=lo, hi=hi, error=problem)
+        raise VectorStoreError(
+            f"scan of {name} [{lo!r}, {hi!r}): Milvus returned a page with {problem}; "
+            "nothing was changed",
+            hint="check the Milvus server (backfleet expects pk-ordered query pages), "
+            "then re-run the command",
+        )
+
+
+def get_rows(
+    read: Reader,
+    client: Any,
+    name: str,
+    id_type: str,
+    ids: Sequence[int | str],
+    fields: Sequence[str],
+    pk: str = "id",
+) -> list[dict[str, Any]]:
+    """Rows of collection ``name`` with exactly these ids: ``query`` with backfleet's own
+    escaped ``pk in [...]``, :data:`GET_BATCH` ids at a time; a row that was not asked for
+    is refused (:class:`VectorStoreError`)."""
+    wanted = list(dict.fromkeys(ids))
+    out: list[dict[str, Any]] = []
+    for i in range(0, len(wanted), GET_BATCH):
+        part = wanted[i : i + GET_BATCH]
+        expr = ids_in(part, id_type, field=pk)
+
+        def lookup(expr: str = expr) -> Any:
+            return client.query(
+                name,
+                filter=expr,
+                output_fields=list(fields),
+                consistency_level="Strong",
+                timeout=TIMEOUT,
+            )
+
+        rows = read(f"get from {name}", lookup)
+        asked = set(part)
+        for r in rows:
+            if r[pk] not in asked:
+                raise VectorStoreError(
+                    f"get from {name}: Milvus returned id {r[pk]!r}, which was not asked for; "
+                    "nothing was changed",
+                    hint="check the Milvus server, then re-run the command",
+                )
+            out.append(dict(r))
+    return out

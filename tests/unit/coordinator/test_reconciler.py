@@ -30,6 +30,8 @@ class FakeGeneration:
         self.rows: dict[int, dict[str, Any]] = {}
         self.copies: dict[int, int] = {}
         self.rng = random.Random(3)
+        #: a broken scan whose page filter became "every row" (issue 13: an id like `" or id != "`)
+        self.every_row = False
 
     def put(self, ident: int, vector: Any, th: str, model: str | None = None) -> None:
         self.rows[ident] = {
@@ -46,10 +48,13 @@ class FakeGeneration:
     def count(self, lo: Any = None, hi: Any = None) -> int:
         return sum(self.copies[i] for i in self._ids(lo, hi))
 
+    def count_ids(self, ids: Sequence[Any]) -> int:
+        return sum(self.copies.get(i, 0) for i in ids)
+
     def scan(
         self, lo: Any, hi: Any, fields: Sequence[str] = (), batch_size: int = 2000
     ) -> Iterator[list[dict[str, Any]]]:
-        ids = self._ids(lo, hi)
+        ids = self._ids(None, None) if self.every_row else self._ids(lo, hi)
         self.rng.shuffle(ids)
         for k in range(0, len(ids), 97):
             yield [dict(self.rows[i]) for i in ids[k : k + 97]]
@@ -130,6 +135,38 @@ def test_repair_deletes_extras_and_duplicates_and_reembeds_the_rest(
     assert sorted(sent, key=int) == ["7", "20", "30"]
     assert 9999 not in gen.rows and 30 not in gen.rows  # deleted, 30 is re-embedded
     assert repairer.deleted == 2 and repairer.enqueued == 3
+
+
+def test_repair_deletes_nothing_when_a_scan_returns_every_row(
+    setup: tuple[Source, FakeGeneration, HashingEmbedder],
+) -> None:
+    """A scan whose page filter became "every row" (issue 13) reports valid rows as extra:
+    the scan and count(*) disagree, so the repair deletes nothing and says so."""
+    source, gen, emb = setup
+    gen.put(9999, np.ones(64), "x")
+    gen.every_row = True
+    sent: list[str] = []
+    repairer = Repairer(gen, sent.extend, batch_size=50)  # type: ignore[arg-type]
+    rec = Reconciler(source, gen, emb, chunk=100, sample=0, repairer=repairer)  # type: ignore[arg-type]
+    found = totals(rec)
+    assert found["extra"] > N  # reported, ...
+    assert sorted(gen.rows) == [*range(1, N + 1), 9999]  # ... but nothing deleted
+    assert repairer.deleted == 0 and repairer.refused == found["extra"]
+
+
+def test_repair_deletes_only_extras_confirmed_by_exact_id(
+    setup: tuple[Source, FakeGeneration, HashingEmbedder],
+) -> None:
+    source, gen, _emb = setup
+    gen.put(9999, np.ones(64), "x")
+    gen.copies[30] = 2
+    repairer = Repairer(gen, lambda ids: None, batch_size=2)  # type: ignore[arg-type]
+    # 5 is in the source, 123456 is not stored: neither is deleted
+    assert repairer.delete_extra(source, [5, 9999, 123456]) == [9999]
+    # 40 is stored once: not a duplicate
+    assert repairer.delete_duplicates([30, 40]) == [30]
+    assert 5 in gen.rows and 40 in gen.rows and 9999 not in gen.rows and 30 not in gen.rows
+    assert repairer.deleted == 2 and repairer.refused == 3
 
 
 def test_bad_options_name_the_option(setup: tuple[Source, FakeGeneration, HashingEmbedder]) -> None:
