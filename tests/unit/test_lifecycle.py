@@ -260,3 +260,14 @@ def test_the_check_sees_sets_and_raw_comparisons(code: str) -> None:
 )
 def test_the_check_leaves_other_strings_alone(code: str) -> None:
     assert state_offences(Path("x.py"), code) == []
+
+
+def test_the_kernel_module_imports_only_the_standard_library() -> None:
+    tree = ast.parse(KERNEL.read_text())
+    imported = {
+        (node.module or "") if isinstance(node, ast.ImportFrom) else alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    }
+    assert {name.split(".")[0] for name in imported} <= {"__future__", "collections", "enum"}
