@@ -40,6 +40,7 @@ from backfleet.embedding.identity import ModelIdentity
 from backfleet.embedding.packing import PackLimits, pack
 from backfleet.embedding.retry import call_provider
 from backfleet.errors import BackfleetError, ConfigError, NotFound
+from backfleet.lifecycle import DUAL_WRITING
 from backfleet.limits import build_throttle
 from backfleet.logs import get_logger
 from backfleet.settings import Settings
@@ -48,17 +49,6 @@ from backfleet.throttle import Throttle
 from backfleet.vectorstore import Generation, VectorStore
 
 log = get_logger("backfleet.dualwrite")
-
-#: Migration states in which the shadow exists and may become (or has become) live.
-DUAL_WRITE_STATES = (
-    MigrationState.BACKFILLING,
-    MigrationState.CATCHING_UP,
-    MigrationState.VERIFIED,
-    MigrationState.CANARY,
-    MigrationState.LIVE,
-    MigrationState.PAUSED,
-    MigrationState.ROLLED_BACK,
-)
 
 
 def label_for_identity(
@@ -207,7 +197,7 @@ class DualWriter:
         """
         migration = self._migration()
         live = self.store.resolve_alias(self.alias)
-        running = migration is not None and migration.state in DUAL_WRITE_STATES
+        running = migration is not None and migration.state in DUAL_WRITING
         names: list[tuple[str, str]] = []
         if live is not None:
             names.append((live, "live"))

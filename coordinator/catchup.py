@@ -38,6 +38,7 @@ from backfleet.db.queries import latest_of_migration
 from backfleet.db.session import Database
 from backfleet.embedding.identity import ModelIdentity
 from backfleet.errors import MigrationStateError, NotFound, Retryable
+from backfleet.lifecycle import CATCHUP_ALLOWED
 from backfleet.logs import get_logger
 from backfleet.settings import Settings
 from backfleet.source import Source, SourceId
@@ -48,8 +49,6 @@ from coordinator.dispatcher import dispatch, load_migration
 from coordinator.lifecycle import transition
 
 log = get_logger("backfleet.catchup")
-
-CATCHUP_STATES = (MigrationState.BACKFILLING, MigrationState.CATCHING_UP)
 
 #: Applies changes: ``(migration_id, ids to re-embed, ids to delete) -> applied count``.
 Applier = Callable[[int, list[SourceId], list[SourceId]], int]
@@ -90,11 +89,13 @@ def begin(db: Database, migration_id: int, *, actor: str) -> Migration:
         m = session.get(Migration, migration_id, with_for_update=True)
         if m is None:
             raise NotFound(f"migration {migration_id} does not exist")
-        if m.state not in CATCHUP_STATES:
+        if m.state not in CATCHUP_ALLOWED:
             raise MigrationStateError(
                 f"migration {migration_id} is {m.state}; catch-up runs on a backfilling or "
                 "catching-up migration",
-                hint="`backfleet resume` a paused one first" if m.state == "paused" else None,
+                hint="`backfleet resume` a paused one first"
+                if m.state == MigrationState.PAUSED
+                else None,
             )
         by_state = dict(
             session.execute(

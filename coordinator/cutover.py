@@ -25,6 +25,7 @@ from backfleet.db.models import MigrationState as S
 from backfleet.db.session import Database
 from backfleet.embedding.identity import ModelIdentity
 from backfleet.errors import ConfigError, GateClosed, MigrationStateError, NotFound
+from backfleet.lifecycle import ALIAS_OWNING, ROLLBACKABLE, SWITCHABLE, VERIFY_FIRST
 from backfleet.logs import get_logger
 from backfleet.vectorstore import VectorStore
 from coordinator.evaluator import latest_evaluation
@@ -32,9 +33,6 @@ from coordinator.lifecycle import transition
 from coordinator.reconciler import latest_reconcile
 
 log = get_logger("backfleet.cutover")
-
-#: states from which a canary share or a full cutover may start
-SWITCHABLE = (S.BACKFILLING, S.CATCHING_UP, S.VERIFIED, S.CANARY, S.ROLLED_BACK)
 
 
 def _last_shadow_write(db: Database, migration_id: int) -> datetime | None:
@@ -112,7 +110,7 @@ def _refuse_if_alias_taken(session: Session, m: Migration) -> None:
     (one active migration per alias, ux_bf_migrations_active_alias)."""
     newer = session.execute(
         select(Migration.id, Migration.state).where(
-            Migration.alias == m.alias, Migration.id != m.id, Migration.state.in_(S.ACTIVE)
+            Migration.alias == m.alias, Migration.id != m.id, Migration.state.in_(ALIAS_OWNING)
         )
     ).first()
     if newer is not None:
@@ -211,7 +209,7 @@ def _enter(
         )
         log.warning("gate_forced", migration=m.id, action=action, problems=problems, actor=actor)
     why = f"forced: {force_reason} (gates: {'; '.join(problems)})" if forced else "gates passed"
-    if m.state in (S.BACKFILLING, S.CATCHING_UP):
+    if m.state in VERIFY_FIRST:
         transition(session, m, S.VERIFIED, actor=actor, reason=f"{action}: {why}")
     return why, forced
 
@@ -331,7 +329,7 @@ def rollback(
     """Back to the previous generation at once: end the canary, or swap the alias back."""
     with db.session() as session:
         m = _locked(session, migration_id)
-        if m.state not in (S.CANARY, S.LIVE):
+        if m.state not in ROLLBACKABLE:
             raise MigrationStateError(
                 f"migration {m.id} is {m.state}: nothing to roll back "
                 "(rollback undoes a canary or a cutover)"

@@ -12,6 +12,7 @@ from backfleet.db.models import Migration, MigrationState, Range, RangeState
 from backfleet.db.session import Database
 from backfleet.embedding.identity import ModelIdentity
 from backfleet.errors import MigrationStateError, NotFound
+from backfleet.lifecycle import STARTABLE
 from backfleet.logs import get_logger
 from backfleet.vectorstore import VectorStore
 from coordinator.lifecycle import transition
@@ -54,7 +55,7 @@ def start_migration(
     Idempotent: starting a running migration re-sends tasks for its pending ranges.
     """
     migration = load_migration(db, migration_id)
-    if migration.state not in (MigrationState.PLANNED, MigrationState.BACKFILLING):
+    if migration.state not in STARTABLE:
         raise MigrationStateError(
             f"migration {migration_id} is {migration.state}; only a planned or backfilling "
             "migration can be started",

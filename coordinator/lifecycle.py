@@ -1,4 +1,5 @@
-"""The migration state machine; every transition is an audited event (who, when, why)."""
+"""Applies the migration state machine (``backfleet.lifecycle``); every transition is an
+audited event (who, when, why)."""
 
 from __future__ import annotations
 
@@ -6,29 +7,13 @@ from sqlalchemy.orm import Session
 
 from backfleet.db.checkpoint import record_event, utcnow
 from backfleet.db.models import Migration
-from backfleet.db.models import MigrationState as S
 from backfleet.errors import MigrationStateError
+from backfleet.lifecycle import ALIAS_OWNING, TRANSITIONS, allowed_next
 
-TRANSITIONS: dict[str, set[str]] = {
-    S.PLANNED: {S.BACKFILLING, S.CANCELLED},
-    S.BACKFILLING: {S.CATCHING_UP, S.VERIFIED, S.PAUSED, S.CANCELLED},
-    S.CATCHING_UP: {S.VERIFIED, S.BACKFILLING, S.PAUSED, S.CANCELLED},
-    S.VERIFIED: {S.CANARY, S.LIVE, S.CATCHING_UP, S.CANCELLED},
-    S.CANARY: {S.CANARY, S.LIVE, S.ROLLED_BACK, S.CATCHING_UP},
-    S.LIVE: {S.FINALIZED, S.ROLLED_BACK, S.SUPERSEDED},
-    # the next migration's cutover superseded it; that migration's rollback makes it live again
-    S.SUPERSEDED: {S.LIVE},
-    S.PAUSED: {S.BACKFILLING, S.CATCHING_UP, S.CANCELLED},
-    S.ROLLED_BACK: {S.CANARY, S.LIVE, S.CANCELLED},
-    S.FINALIZED: set(),
-    S.CANCELLED: set(),
-}
+__all__ = ["ACTIVE_STATES", "TRANSITIONS", "transition"]
 
-#: States in which a migration still owns its alias (another cannot be planned): a partial
-#: unique index on bf_migrations(alias) holds it (``MigrationState.ACTIVE``, revision 0004).
-#: ``rolled_back`` keeps the alias (it may go canary or live again); a ``live`` migration
-#: waiting out its holdover does not block the next one.
-ACTIVE_STATES = S.ACTIVE
+#: States in which a migration still owns its alias (kept name; the kernel's ``ALIAS_OWNING``)
+ACTIVE_STATES = ALIAS_OWNING
 
 
 def transition(
@@ -36,8 +21,9 @@ def transition(
 ) -> None:
     """Move ``migration`` to ``to_state`` or refuse with the allowed next states."""
     current = migration.state
-    if to_state not in TRANSITIONS.get(current, set()):
-        allowed = ", ".join(sorted(TRANSITIONS.get(current, set()))) or "none"
+    allowed_states = allowed_next(current)
+    if to_state not in allowed_states:
+        allowed = ", ".join(sorted(allowed_states)) or "none"
         raise MigrationStateError(
             f"migration {migration.id} is {current}; it cannot go to {to_state} "
             f"(allowed from {current}: {allowed})"

@@ -15,14 +15,13 @@ from backfleet.db.checkpoint import pause_migration, record_event, utcnow
 from backfleet.db.models import DeadLetter, Event, Migration, MigrationState, Range, RangeState
 from backfleet.db.session import Database
 from backfleet.errors import MigrationStateError, NotFound
+from backfleet.lifecycle import CLAIMABLE, OPEN_RANGES, PAUSABLE, TERMINAL
 from backfleet.logs import get_logger
 from coordinator.dispatcher import dispatch
 from coordinator.lifecycle import transition
 from workers.tasks import enqueue_documents
 
 log = get_logger("backfleet.operations")
-
-RUNNABLE = (MigrationState.BACKFILLING, MigrationState.CATCHING_UP)
 
 
 def _locked(session: Any, migration_id: int) -> Migration:
@@ -40,7 +39,7 @@ def _release_running(session: Any, migration_id: int, to_state: str) -> int:
         update(Range)
         .where(
             Range.migration_id == migration_id,
-            Range.state.in_((RangeState.RUNNING, RangeState.PENDING)),
+            Range.state.in_(OPEN_RANGES),
         )
         .values(
             state=to_state,
@@ -59,7 +58,7 @@ def pause(db: Database, migration_id: int, *, actor: str, reason: str | None = N
         m = _locked(session, migration_id)
         if m.state == MigrationState.PAUSED:
             return "already paused"
-        if m.state not in RUNNABLE:
+        if m.state not in PAUSABLE:
             raise MigrationStateError(
                 f"migration {migration_id} is {m.state}; only a "
                 "backfilling or catching-up migration can be paused"
@@ -72,7 +71,7 @@ def resume(db: Database, app: Any, migration_id: int, *, actor: str) -> int:
     """Continue a paused migration where it stopped; returns the tasks sent."""
     with db.session() as session:
         m = _locked(session, migration_id)
-        if m.state in RUNNABLE:
+        if m.state in CLAIMABLE:
             pass
         elif m.state != MigrationState.PAUSED:
             raise MigrationStateError(
@@ -112,7 +111,7 @@ def retry_failed(
     """
     with db.session() as session:
         m = _locked(session, migration_id)
-        if m.state in (MigrationState.CANCELLED, MigrationState.FINALIZED):
+        if m.state in TERMINAL:
             raise MigrationStateError(
                 f"migration {migration_id} is {m.state}; its ranges cannot be retried",
                 hint="plan a new migration",
@@ -154,7 +153,7 @@ def retry_failed(
                 to_state=RangeState.PENDING,
                 range_id=rid,
             )
-    if retried and m.state in RUNNABLE:
+    if retried and m.state in CLAIMABLE:
         dispatch(db, app, migration_id)
     log.info("ranges_retried", migration=migration_id, ranges=retried, actor=actor)
     return retried
@@ -181,7 +180,7 @@ def retry_dead_letters(
     """Send re-embed tasks for the migration's rejected documents (skipped ones stay)."""
     with db.session() as session:
         m = _locked(session, migration_id)
-        if m.state in (MigrationState.CANCELLED, MigrationState.FINALIZED):
+        if m.state in TERMINAL:
             raise MigrationStateError(f"migration {migration_id} is {m.state}; nothing to retry")
         ids = list(
             session.execute(

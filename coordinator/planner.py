@@ -12,6 +12,7 @@ from backfleet.db.models import Migration, MigrationState, Range, RangeState
 from backfleet.db.session import Database
 from backfleet.embedding.base import Embedder
 from backfleet.errors import MigrationStateError, PlanError
+from backfleet.lifecycle import ALIAS_OWNING
 from backfleet.limits import Throttle, build_throttle
 from backfleet.logs import get_logger
 from backfleet.settings import Settings
@@ -20,7 +21,6 @@ from backfleet.source_identity import source_fingerprint, source_identity
 from backfleet.vectorstore import VectorStore, generation_name, parse_generation_name
 from backfleet.vectorstore.generation import STR_ID_MAX
 from coordinator.estimate import estimate
-from coordinator.lifecycle import ACTIVE_STATES
 
 log = get_logger("backfleet.planner")
 
@@ -117,7 +117,7 @@ def _concurrent_plan(db: Database, alias: str) -> MigrationStateError:
     with db.session() as session:
         winner = session.execute(
             select(Migration.id, Migration.state).where(
-                Migration.alias == alias, Migration.state.in_(ACTIVE_STATES)
+                Migration.alias == alias, Migration.state.in_(ALIAS_OWNING)
             )
         ).first()
     if winner is None:  # cancelled since
@@ -147,7 +147,7 @@ def plan_migration(
     with db.session() as session:
         active = session.execute(
             select(Migration.id, Migration.state).where(
-                Migration.alias == alias, Migration.state.in_(ACTIVE_STATES)
+                Migration.alias == alias, Migration.state.in_(ALIAS_OWNING)
             )
         ).first()
         taken = {

@@ -19,9 +19,10 @@ from sqlalchemy import func, select
 
 from backfleet.db import reembeds
 from backfleet.db.checkpoint import utcnow
-from backfleet.db.models import Migration, MigrationState, Range, RangeState
+from backfleet.db.models import Migration, Range, RangeState
 from backfleet.db.session import Database
 from backfleet.errors import ServiceUnavailable
+from backfleet.lifecycle import CLAIMABLE
 from backfleet.logs import get_logger
 from coordinator.dispatcher import dispatch
 from workers.tasks import send_documents
@@ -44,11 +45,7 @@ def reap_once(db: Database, app: Any, settings: ReaperSettings, queue_depth: int
     sent = 0
     with db.session() as session:
         migrations = list(
-            session.execute(
-                select(Migration.id).where(
-                    Migration.state.in_((MigrationState.BACKFILLING, MigrationState.CATCHING_UP))
-                )
-            ).scalars()
+            session.execute(select(Migration.id).where(Migration.state.in_(CLAIMABLE))).scalars()
         )
         pending = (
             dict(

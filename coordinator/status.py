@@ -12,6 +12,7 @@ from backfleet.db import reembeds
 from backfleet.db.checkpoint import utcnow
 from backfleet.db.models import DeadLetter, Event, Migration, Range, RangeState
 from backfleet.db.session import Database
+from backfleet.lifecycle import MigrationState
 from coordinator.dispatcher import load_migration
 
 
@@ -98,11 +99,11 @@ def migration_status(
         paused_reason = (
             session.execute(
                 select(Event.reason)
-                .where(Event.migration_id == migration.id, Event.to_state == "paused")
+                .where(Event.migration_id == migration.id, Event.to_state == MigrationState.PAUSED)
                 .order_by(Event.id.desc())
                 .limit(1)
             ).scalar()
-            if migration.state == "paused"
+            if migration.state == MigrationState.PAUSED
             else None
         )
         refused = _refusals(session, migration.id)
@@ -110,10 +111,10 @@ def migration_status(
     from coordinator.catchup import latest_passes
 
     passes = latest_passes(db, migration.id)
-    ranges = {state: int(by_state.get(state, 0)) for state in RangeState.ALL}
+    ranges = {str(state): int(by_state.get(state, 0)) for state in RangeState}
     docs_done, tokens = int(agg[0]), int(agg[1])
     started, finished = _aware(agg[2]), _aware(agg[3])
-    open_ranges = ranges["pending"] + ranges["running"]
+    open_ranges = ranges[RangeState.PENDING] + ranges[RangeState.RUNNING]
     end = finished if (open_ranges == 0 and finished) else utcnow()
     elapsed = (end - started).total_seconds() if started else 0.0
     rate = docs_done / elapsed if elapsed > 0 else 0.0

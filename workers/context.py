@@ -11,12 +11,13 @@ from typing import Any
 
 from sqlalchemy import select
 
-from backfleet.db.models import Migration, MigrationState
+from backfleet.db.models import Migration
 from backfleet.db.session import Database, check_reachable, make_engine
 from backfleet.embedding.base import Embedder
 from backfleet.embedding.factory import embedder_for
 from backfleet.embedding.probe import establish_identity
 from backfleet.errors import BackfleetError, NotFound
+from backfleet.lifecycle import FILLING
 from backfleet.limits import Throttle, build_throttle
 from backfleet.logs import get_logger
 from backfleet.settings import Settings
@@ -24,9 +25,6 @@ from backfleet.source import Source
 from backfleet.vectorstore import Generation, VectorStore
 
 log = get_logger("backfleet.worker")
-
-#: migrations whose target generation a worker may be asked to fill
-_FILLING = (MigrationState.BACKFILLING, MigrationState.CATCHING_UP, MigrationState.PAUSED)
 
 
 class WorkerContext:
@@ -182,7 +180,7 @@ class WorkerContext:
     def _open_filling_generations(self) -> None:
         with self.db.session() as session:
             names = session.scalars(
-                select(Migration.target_generation).where(Migration.state.in_(_FILLING))
+                select(Migration.target_generation).where(Migration.state.in_(FILLING))
             ).all()
         for name in names:
             try:

@@ -37,6 +37,7 @@ from backfleet.errors import (
     SourceMismatch,
     VectorStoreUnavailable,
 )
+from backfleet.lifecycle import RangeState
 from backfleet.limits import Throttle
 from backfleet.logs import get_logger
 from backfleet.readahead import ReadAhead
@@ -521,7 +522,7 @@ class RangePipeline:
             log.error(
                 "range_error", migration=migration_id, range=range_id, state=state, error=str(exc)
             )
-            return "failed" if state == "failed" else "retry"
+            return "failed" if state == RangeState.FAILED else "retry"
         except Exception as exc:  # a bug, a driver error not converted: counted all the same
             log.error(
                 "range_unexpected_error",
@@ -537,7 +538,7 @@ class RangePipeline:
                 state = checkpoint.fail(
                     ctx.db, claim, f"{type(exc).__name__}: {exc}", cfg.max_attempts
                 )
-            return "failed" if state == "failed" else "retry"
+            return "failed" if state == RangeState.FAILED else "retry"
         log.info("range_done", migration=migration_id, range=range_id, docs=docs_total)
         return "done"
 

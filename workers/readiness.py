@@ -20,17 +20,16 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 
 from backfleet.db.checkpoint import record_event, utcnow
-from backfleet.db.models import Event, Migration, MigrationState, Range, RangeState
+from backfleet.db.models import Event, Migration, Range, RangeState
 from backfleet.db.session import Database
 from backfleet.embedding.identity import ModelIdentity
 from backfleet.errors import BackfleetError, ConfigError, NotFound, Permanent
+from backfleet.lifecycle import FILLING
 from backfleet.logs import get_logger
 from backfleet.settings import Settings
 
 log = get_logger("backfleet.worker")
 
-#: migrations whose ranges a worker may be sent (what it must be able to serve)
-ACTIVE_STATES = (MigrationState.BACKFILLING, MigrationState.CATCHING_UP, MigrationState.PAUSED)
 #: the events a worker records when it cannot serve a migration's task
 MODEL_UNAVAILABLE = "worker_model_unavailable"
 CANNOT_SERVE = "worker_cannot_serve"
@@ -52,7 +51,7 @@ def active_migrations(db: Database, queue: str) -> list[Migration]:
     with db.session() as session:
         rows = list(
             session.scalars(
-                select(Migration).where(Migration.state.in_(ACTIVE_STATES)).order_by(Migration.id)
+                select(Migration).where(Migration.state.in_(FILLING)).order_by(Migration.id)
             ).all()
         )
         for row in rows:

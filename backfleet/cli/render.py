@@ -8,6 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from backfleet.lifecycle import ReembedState
 from coordinator.planner import PlanReport
 from coordinator.status import MigrationStatus
 
@@ -126,11 +127,12 @@ def status_table(st: MigrationStatus) -> Table:
         table.add_row("settled", "yes" if st.settled else "no — run `backfleet catchup` again")
     for f in st.failed[:10]:
         table.add_row(f"failed range {f['range']}", f"attempts {f['attempts']}: {f['error']}")
-    if st.reembeds.get("pending") or st.reembeds.get("failed"):
+    pending = st.reembeds.get(ReembedState.PENDING, 0)
+    failed = st.reembeds.get(ReembedState.FAILED, 0)
+    if pending or failed:
         table.add_row(
             "re-embed requests",
-            f"pending {st.reembeds.get('pending', 0)}  failed {st.reembeds.get('failed', 0)}"
-            "  (re-sent by `backfleet supervise`)",
+            f"pending {pending}  failed {failed}  (re-sent by `backfleet supervise`)",
         )
     for r in st.refused[:5]:
         table.add_row(f"refused range {r['range']}", f"by {r['worker']}: {r['reason']}")

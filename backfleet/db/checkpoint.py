@@ -18,12 +18,10 @@ from sqlalchemy.orm import Session
 from backfleet.db.models import DeadLetter, Event, Migration, MigrationState, Range, RangeState
 from backfleet.db.session import Database
 from backfleet.errors import LeaseLost
+from backfleet.lifecycle import CLAIMABLE, OPEN_RANGES
 from backfleet.logs import get_logger
 
 log = get_logger("backfleet.checkpoint")
-
-#: Migration states in which workers may claim ranges.
-CLAIMABLE_MIGRATION_STATES = (MigrationState.BACKFILLING, MigrationState.CATCHING_UP)
 
 
 def utcnow() -> datetime:
@@ -103,7 +101,7 @@ def claim(
         ),
         exists().where(
             Migration.id == Range.migration_id,
-            Migration.state.in_(CLAIMABLE_MIGRATION_STATES),
+            Migration.state.in_(CLAIMABLE),
         ),
     )
     with db.session() as session:
@@ -484,7 +482,7 @@ def pause_migration(session: Session, migration: Migration, *, actor: str, reaso
         update(Range)
         .where(
             Range.migration_id == migration.id,
-            Range.state.in_((RangeState.RUNNING, RangeState.PENDING)),
+            Range.state.in_(OPEN_RANGES),
         )
         .values(
             state=RangeState.PENDING,
@@ -520,7 +518,7 @@ def pause_for_budget(db: Database, migration_id: int, *, actor: str, reason: str
     """Pause a running migration because the next batch would exceed its budget."""
     with db.session() as session:
         migration = session.get(Migration, migration_id, with_for_update=True)
-        if migration is None or migration.state not in CLAIMABLE_MIGRATION_STATES:
+        if migration is None or migration.state not in CLAIMABLE:
             return False
         pause_migration(session, migration, actor=actor, reason=reason)
         return True

@@ -20,6 +20,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+# the states live in the kernel's lifecycle; re-exported for ``from backfleet.db.models import``
+from backfleet.lifecycle import MigrationState, RangeState, ReembedState, alias_owning_where
+
+__all__ = ["MigrationState", "RangeState", "ReembedState"]
+
 
 class Base(DeclarativeBase):
     pass
@@ -28,47 +33,8 @@ class Base(DeclarativeBase):
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
-class MigrationState:
-    PLANNED = "planned"
-    BACKFILLING = "backfilling"
-    CATCHING_UP = "catching_up"
-    VERIFIED = "verified"
-    CANARY = "canary"
-    LIVE = "live"
-    FINALIZED = "finalized"
-    PAUSED = "paused"
-    ROLLED_BACK = "rolled_back"
-    CANCELLED = "cancelled"
-    #: was live; a later migration of the alias cut over from its generation (terminal,
-    #: unless that migration is rolled back: then live again)
-    SUPERSEDED = "superseded"
-
-    #: States in which a migration owns its alias: at most one per alias (a partial unique
-    #: index). ``rolled_back`` may still go canary or live again; ``live`` is the alias's
-    #: current generation waiting out its holdover, and a new plan may start from it.
-    ACTIVE = (
-        "planned",
-        "backfilling",
-        "catching_up",
-        "verified",
-        "canary",
-        "paused",
-        "rolled_back",
-    )
-
-
 #: ``WHERE`` of the one-active-migration-per-alias index (same text on Postgres and SQLite)
-ACTIVE_ALIAS_WHERE = "state IN (" + ", ".join(f"'{s}'" for s in MigrationState.ACTIVE) + ")"
-
-
-class RangeState:
-    PENDING = "pending"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    ALL = ("pending", "running", "done", "failed", "cancelled")
+ACTIVE_ALIAS_WHERE = alias_owning_where()
 
 
 class Migration(Base):
@@ -234,12 +200,6 @@ class Event(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-
-
-class ReembedState:
-    PENDING = "pending"
-    DONE = "done"
-    FAILED = "failed"
 
 
 class ReembedRequest(Base):

@@ -13,11 +13,9 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 
 from backfleet.db.checkpoint import utcnow
-from backfleet.db.models import Migration, MigrationState, ReembedRequest, ReembedState
+from backfleet.db.models import Migration, ReembedRequest, ReembedState
 from backfleet.db.session import Database
-
-#: a request for a migration in these states is not re-sent (its shadow is gone or frozen)
-_CLOSED = (MigrationState.CANCELLED, MigrationState.FINALIZED)
+from backfleet.lifecycle import TERMINAL
 
 
 def record(db: Database, migration_id: int, doc_ids: list[str]) -> int:
@@ -96,7 +94,7 @@ def take_due(
             .where(
                 ReembedRequest.state == ReembedState.PENDING,
                 ReembedRequest.dispatched_at < sent_before,
-                Migration.state.not_in(_CLOSED),
+                Migration.state.not_in(TERMINAL),
             )
             .order_by(ReembedRequest.id)
             .limit(1000)
