@@ -122,6 +122,24 @@ class ThrottleBase:
     def _observe(self, info: RateLimitInfo) -> None:
         raise NotImplementedError
 
+    def ensure_limits(self, rpm: int, tpm: int) -> bool:
+        raise NotImplementedError
+
+    def set_limits(self, rpm: int | None = None, tpm: int | None = None) -> None:
+        raise NotImplementedError
+
+    def pause(self) -> None:
+        raise NotImplementedError
+
+    def resume(self) -> None:
+        raise NotImplementedError
+
+    def limits(self) -> ThrottleStatus:
+        raise NotImplementedError
+
+    def report_success(self) -> None:
+        raise NotImplementedError
+
     # -- acquiring --
 
     def acquire(self, tokens: int) -> float:

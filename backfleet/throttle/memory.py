@@ -27,7 +27,7 @@ from backfleet.throttle.algorithm import (
     lowered_level,
 )
 from backfleet.throttle.algorithm import positive_int as _positive_int
-from backfleet.throttle.base import Decision, ThrottleBase, ThrottleStatus
+from backfleet.throttle.base import Decision, ThrottleBase, ThrottleStatus, log
 from backfleet.throttle.headers import RateLimitInfo
 
 
@@ -232,6 +232,8 @@ class MemoryThrottle(ThrottleBase):
             written = cfg.rpm is None or cfg.tpm is None
             cfg.rpm = cfg.rpm if cfg.rpm is not None else rpm
             cfg.tpm = cfg.tpm if cfg.tpm is not None else tpm
+        if written:
+            log.info("throttle_limits_initialised", key=self.key, rpm=rpm, tpm=tpm)
         return written
 
     def set_limits(self, rpm: int | None = None, tpm: int | None = None) -> None:
@@ -256,16 +258,19 @@ class MemoryThrottle(ThrottleBase):
             cfg.rpm, cfg.tpm = rpm_v, tpm_v
             self._refill(s, self._rates(cfg, s), now)
             self._save(s)
+        log.info("throttle_limits_set", key=self.key, rpm=rpm, tpm=tpm)
 
     def pause(self) -> None:
         """Make every acquire on this store wait (polling) until :meth:`resume`."""
         with self.store.lock:
             self._config().paused = True
+        log.info("throttle_paused", key=self.key)
 
     def resume(self) -> None:
         """Let waiting acquires proceed (within one poll interval)."""
         with self.store.lock:
             self._config().paused = False
+        log.info("throttle_resumed", key=self.key)
 
     def limits(self) -> ThrottleStatus:
         """The limits in force, paused state, adaptive factor and cool-down left."""
