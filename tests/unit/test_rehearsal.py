@@ -270,19 +270,26 @@ def test_injected_429_burst_is_not_counted_in_the_window(server: RehearsalServer
     assert stats["injected_429"] == 2 and stats["accepted"] == 1 and stats["429s"] == 2
 
 
-def test_latency_and_stop_interrupts_a_sleeping_timeout_fault() -> None:
+def test_latency_is_added_and_stop_interrupts_a_sleeping_timeout_fault() -> None:
     srv = RehearsalServer(latency_ms=100).start()
+    srv.set_faults(latency_per_input_ms=10)
+    body = json.dumps({"model": "m", "input": ["x", "y"]}).encode()
+    assert srv.app.embeddings("Bearer test", body).delay == pytest.approx(0.12)
     url = f"{srv.url}/embeddings"
-    started = time.monotonic()
-    assert call(url, {"model": "m", "input": "x"})[0] == 200
-    assert time.monotonic() - started >= 0.1
-    srv.set_faults(latency_ms=0, next={"timeout": 1}, timeout_seconds=30)
+    assert call(url, {"model": "m", "input": "x"})[0] == 200  # answered after its latency
+    # an hour-long timeout fault: stop() must wake the handler sleeping on it
+    srv.set_faults(latency_ms=0, latency_per_input_ms=0, next={"timeout": 1}, timeout_seconds=3600)
     worker = threading.Thread(target=lambda: _swallow(url), daemon=True)
     worker.start()
-    time.sleep(0.1)
-    started = time.monotonic()
-    srv.stop()
-    assert time.monotonic() - started < 2
+    for _ in range(1000):  # until the handler holds the request (no fixed sleep)
+        if srv.stats()["faults"].get("timeout") == 1:
+            break
+        time.sleep(0.01)
+    assert srv.stats()["faults"] == {"timeout": 1}
+    stopper = threading.Thread(target=srv.stop, daemon=True)
+    stopper.start()
+    stopper.join(timeout=120)  # a guard, not a figure: unwoken, stop() would take the hour
+    assert not stopper.is_alive(), "stop() waited out the timeout fault"
 
 
 def _swallow(url: str) -> None:
