@@ -48,7 +48,7 @@ class ThrottleStatus:
 
 @runtime_checkable
 class Throttle(Protocol):
-    """What workers call around each provider call; :class:`FleetThrottle` or a no-op."""
+    """What workers call around each provider call: the Redis, the in-memory or the null one."""
 
     wait_seconds_total: float
     #: whether ``acquire`` uses its token count (callers skip counting when it does not)
