@@ -21,9 +21,6 @@ import json
 import math
 import re
 import time
-from collections.abc import Mapping
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from functools import cached_property
 from typing import Any
 
@@ -43,6 +40,7 @@ from backfleet.errors import (
     ProviderTimeout,
 )
 from backfleet.settings import ModelSettings, redact_url
+from backfleet.throttle.headers import parse_retry_after
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 #: Statuses below 500 that are still worth retrying (the SDK's own choice too).
@@ -59,41 +57,6 @@ def estimate_tokens(text: str) -> int:
     A stand-in for exact cl100k counting; the rehearsal provider bills the same way.
     """
     return max(1, math.ceil(len(text) / 4))
-
-
-def parse_retry_after(headers: Mapping[str, str], now: datetime | None = None) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or HTTP-date).
-
-    ``headers`` may be any case-insensitive mapping or a dict with lower-cased keys.
-    Returns ``None`` when no usable advice is present.
-    """
-    lowered = {k.lower(): v for k, v in headers.items()}
-    raw_ms = lowered.get("retry-after-ms")
-    if raw_ms is not None:
-        try:
-            value = float(raw_ms) / 1000.0
-        except ValueError:
-            value = math.nan
-        if math.isfinite(value) and value >= 0:
-            return value
-    raw = lowered.get("retry-after")
-    if raw is None:
-        return None
-    raw = raw.strip()
-    try:
-        seconds = float(raw)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(raw)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - (now or datetime.now(UTC))).total_seconds()
-        return max(0.0, seconds)
-    if not math.isfinite(seconds) or seconds < 0:
-        return None
-    return seconds
 
 
 class OpenAIEmbedder:

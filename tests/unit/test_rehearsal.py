@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import random
 import threading
@@ -270,24 +269,34 @@ def test_injected_429_burst_is_not_counted_in_the_window(server: RehearsalServer
     assert stats["injected_429"] == 2 and stats["accepted"] == 1 and stats["429s"] == 2
 
 
-def test_latency_and_stop_interrupts_a_sleeping_timeout_fault() -> None:
+def test_latency_is_added_and_stop_interrupts_a_sleeping_timeout_fault() -> None:
     srv = RehearsalServer(latency_ms=100).start()
+    srv.set_faults(latency_per_input_ms=10)
+    body = json.dumps({"model": "m", "input": ["x", "y"]}).encode()
+    assert srv.app.embeddings("Bearer test", body).delay == pytest.approx(0.12)
     url = f"{srv.url}/embeddings"
-    started = time.monotonic()
-    assert call(url, {"model": "m", "input": "x"})[0] == 200
-    assert time.monotonic() - started >= 0.1
-    srv.set_faults(latency_ms=0, next={"timeout": 1}, timeout_seconds=30)
-    worker = threading.Thread(target=lambda: _swallow(url), daemon=True)
+    assert call(url, {"model": "m", "input": "x"})[0] == 200  # answered after its latency
+    # an hour-long timeout fault: stop() must wake the handler sleeping on it, which then
+    # answers the waiting client (that would otherwise give up after its own 5 s timeout)
+    srv.set_faults(latency_ms=0, latency_per_input_ms=0, next={"timeout": 1}, timeout_seconds=3600)
+    outcome: list[object] = []
+    worker = threading.Thread(target=lambda: outcome.append(_swallow(url)), daemon=True)
     worker.start()
-    time.sleep(0.1)
-    started = time.monotonic()
+    for _ in range(1000):  # until the handler holds the request (no fixed sleep)
+        if srv.stats()["faults"].get("timeout") == 1:
+            break
+        time.sleep(0.01)
+    assert srv.stats()["faults"] == {"timeout": 1}
     srv.stop()
-    assert time.monotonic() - started < 2
+    worker.join(timeout=120)  # a guard, not a figure
+    assert outcome == [200], "the handler slept on after stop() and the client gave up"
 
 
-def _swallow(url: str) -> None:
-    with contextlib.suppress(Exception):
-        call(url, {"model": "m", "input": "x"})
+def _swallow(url: str) -> int | str:
+    try:
+        return call(url, {"model": "m", "input": "x"})[0]
+    except Exception as exc:
+        return type(exc).__name__
 
 
 def test_url_and_port() -> None:
